@@ -1,0 +1,28 @@
+"""The vmlp-deploy model zoo: vision MLPs and MetaFormers in plain PyTorch, one file per family.
+
+Importing this package registers every variant. Installed, it is importable as ``vmlp_deploy.models``.
+"""
+
+from ._registry import (
+    DataCfg,
+    Paper,
+    ResolvedCfg,
+    UnknownModelError,
+    Variant,
+    create_model,
+    get_variant,
+    list_models,
+    resolve,
+)
+
+__all__ = [
+    "DataCfg",
+    "Paper",
+    "ResolvedCfg",
+    "UnknownModelError",
+    "Variant",
+    "create_model",
+    "get_variant",
+    "list_models",
+    "resolve",
+]

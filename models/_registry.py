@@ -1,0 +1,140 @@
+"""Variant registry: one source of truth per zoo variant (architecture, data recipe, paper figures).
+
+Mirrors timm's habits: variants are data, one builder per family, ``create_model(name, **overrides)``.
+The data recipe (input size, mean/std, crop, interpolation) is what export writes into the ONNX metadata
+and what calibration preprocessing reads back, so it lives here beside the architecture.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Paper:
+    """Figures as printed by the paper (or the source named), for the `models` table and the zoo tests."""
+
+    params_m: float
+    macs_g: float | None
+    top1: float | None
+    source: str
+    params_exclude_head: bool = False
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    """Preprocessing recipe: resize the shorter side to size/crop_pct, center-crop to size, normalise."""
+
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+
+
+StateDict = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A registered model variant.
+
+    ``arch`` holds the builder's keyword arguments; ``tiny`` overrides them (and ``img_size``) for fast tests.
+    ``checkpoint_filter`` maps foreign key layouts (timm, official repos) onto this module tree.
+    """
+
+    name: str
+    family: str
+    builder: Callable[..., nn.Module]
+    arch: Mapping[str, Any]
+    paper: Paper
+    data: DataCfg = field(default_factory=DataCfg)
+    fixed_input_size: bool = False
+    input_divisor: int = 1
+    min_input_size: int = 1
+    tiny: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint_filter: Callable[[StateDict], StateDict] | None = None
+    timm_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedCfg:
+    """What one ``create_model`` call built: the variant, the final arch kwargs and the data recipe."""
+
+    variant: Variant
+    arch: Mapping[str, Any]
+    data: DataCfg
+    tiny: bool
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.data.input_size
+
+
+_REGISTRY: dict[str, Variant] = {}
+
+
+def register(variant: Variant) -> Variant:
+    if variant.name in _REGISTRY:
+        raise ValueError(f"model variant {variant.name!r} is registered twice")
+    _REGISTRY[variant.name] = variant
+    return variant
+
+
+def list_models(family: str | None = None) -> list[str]:
+    return sorted(n for n, v in _REGISTRY.items() if family is None or v.family == family)
+
+
+class UnknownModelError(KeyError):
+    """Raised for a name that is not in the zoo; the message suggests close matches."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "run `vmlp-deploy models` to list them"
+        raise UnknownModelError(f"unknown model {name!r}: {hint}") from None
+
+
+def _as_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
+
+
+def resolve(name: str, *, tiny: bool = False, **overrides: Any) -> ResolvedCfg:
+    """Merge a variant's arch with the tiny config and user overrides; ``img_size`` also sets the data recipe."""
+    variant = get_variant(name)
+    arch: dict[str, Any] = dict(variant.arch)
+    if tiny:
+        arch.update(variant.tiny)
+    arch.update(overrides)
+    img_size = _as_hw(arch.pop("img_size", variant.data.input_size))
+    data = replace(variant.data, input_size=img_size)
+    return ResolvedCfg(variant=variant, arch={**arch, "img_size": img_size}, data=data, tiny=tiny)
+
+
+def create_model(name: str, *, tiny: bool = False, **overrides: Any) -> nn.Module:
+    """Build a zoo model with random weights. ``tiny=True`` gives the family's fast test configuration.
+
+    The resolved configuration is attached as ``model.vmlp_cfg`` so later stages know the recipe.
+    """
+    cfg = resolve(name, tiny=tiny, **overrides)
+    model = cfg.variant.builder(**cfg.arch)
+    model.vmlp_cfg = cfg
+    return model.eval()
