@@ -1,0 +1,165 @@
+"""Command line: each verb parses its arguments, calls one pipeline stage, and prints the stage's result.
+
+Bad input ends with one ``error: ...`` line and a non-zero exit code, never a traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import UserError
+from .models import UnknownModelError, get_variant
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", metavar="NAME", help="zoo variant, e.g. s2mlpv2_small (`vmlp-deploy models` lists them)")
+    p.add_argument("--checkpoint", type=Path, metavar="PATH",
+                   help=".pth/.pt (optionally wrapped in 'model'/'state_dict') or .safetensors; "
+                        "timm and official key layouts are mapped; without --model the architecture is inferred")
+    p.add_argument("--tiny", action="store_true", help="build the family's tiny configuration (fast smoke tests)")
+    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="input height and width")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights and validation inputs (default 0)")
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .zoo_table import zoo_rows
+
+    rows = zoo_rows(args.family)
+    if not rows:
+        raise UserError(f"no family named {args.family!r}: run `vmlp-deploy models` to see them")
+    if args.json:
+        console.print_json(json.dumps(rows))
+        return 0
+    sources: list[str] = []
+    table = Table(title="vmlp-deploy model zoo: measured at each variant's input size, paper figures as printed")
+    for col in ["model", "input", "params M", "paper M", "Δ", "GMACs", "paper G", "top-1", "src"]:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        if r["source"] not in sources:
+            sources.append(r["source"])
+        table.add_row(
+            r["name"] + ("†" if r["paper_note"] else ""),
+            f"{r['input_size'][0]}" + ("*" if r["fixed_input_size"] else ""),
+            f"{r['params_m']:.2f}",
+            f"{r['paper_params_m']:g}" + ("ᵉ" if r["paper_params_exclude_head"] else ""),
+            f"{r['params_delta_pct']:+.1f}%",
+            f"{r['macs_g']:.2f}",
+            "-" if r["paper_macs_g"] is None else f"{r['paper_macs_g']:g}",
+            "-" if r["paper_top1"] is None else f"{r['paper_top1']:g}",
+            f"[{sources.index(r['source']) + 1}]",
+        )
+    console.print(table)
+    console.print("* fixed input size; ᵉ the paper counts params without the classifier (Δ compares like with like)")
+    for r in rows:
+        if r["paper_note"]:
+            console.print(f"† {r['name']}: {r['paper_note']}")
+    for i, source in enumerate(sources, 1):
+        console.print(f"[{i}] {source}", markup=False)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportOptions, export_model, human_size
+    from .model import load_model
+    from .progress import Steps
+    from .rundir import check_output_dir
+    from .validate import Tolerance
+
+    if args.model is None and args.checkpoint is None:
+        raise UserError("nothing to export: pass --model NAME (see `vmlp-deploy models`) or --checkpoint PATH")
+    if args.dynamic_batch and args.batch != 1:
+        raise UserError("--batch and --dynamic-batch exclude each other: pass one of them")
+    if args.model is not None:
+        get_variant(args.model)
+    out = args.output or Path("out") / (args.model or args.checkpoint.stem)
+    options = ExportOptions(
+        opset=args.opset, exporter=args.exporter, batch=args.batch, dynamic_batch=args.dynamic_batch,
+        simplify=not args.no_simplify, tolerance=Tolerance(atol=args.atol, rtol=args.rtol), seed=args.seed,
+    )
+    options.check()
+    check_output_dir(out, args.overwrite)
+    steps = Steps(console)
+    with steps.step("Building the model" + (f" from {args.checkpoint}" if args.checkpoint else "")):
+        lm = load_model(args.model, checkpoint=args.checkpoint, tiny=args.tiny,
+                        input_size=tuple(args.input_size) if args.input_size else None, seed=args.seed)
+    weights = "random weights (no --checkpoint)" if lm.random_weights else f"weights from {lm.checkpoint}"
+    steps.note(f"{lm.name}{' (tiny)' if lm.cfg.tiny else ''}, input {lm.input_size[0]}x{lm.input_size[1]}, {weights}")
+    result = export_model(lm, out, options, overwrite=args.overwrite, progress=steps)
+    size = sum(p.stat().st_size for p in out.iterdir())
+    nodes = result.nodes
+    console.print(
+        f"[bold]Exported[/bold] {result.onnx_path} ({human_size(size)}): "
+        + " -> ".join(f"{k} {v}" for k, v in nodes.items()) + " nodes; manifest in "
+        + str(out / "manifest.json")
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmlp-deploy",
+        description="Export, rewrite, quantize and profile vision MLPs and MetaFormers for edge deployment.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list zoo variants: measured params/MACs next to the paper's figures")
+    p.add_argument("--family", help="only this family (e.g. s2mlpv2, convnext)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("export", help="export a zoo model or checkpoint to a validated ONNX run directory")
+    _add_model_args(p)
+    p.add_argument("-o", "--output", type=Path, metavar="DIR", help="run directory (default out/<model>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (17..23, default 18)")
+    p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
+                   help="PyTorch exporter (default torchscript)")
+    p.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
+    p.add_argument("--dynamic-batch", action="store_true", help="export with a symbolic batch dimension")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
+    p.add_argument("--atol", type=float, default=1e-4, help="validation: absolute tolerance (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-3,
+                   help="validation: tolerance relative to the output's peak magnitude (default 1e-3)")
+    p.set_defaults(func=_cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, UnknownModelError) as e:
+        if args.debug:
+            raise
+        err_console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        return getattr(e, "exit_code", 2)
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/red]")
+        return 130
+    except Exception as e:  # an internal bug: say so in one line, keep the traceback behind --debug
+        if args.debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        err_console.print(f"[red]internal error:[/red] {type(e).__name__}: {first} (re-run with --debug and report it)",
+                          soft_wrap=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
