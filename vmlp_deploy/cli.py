@@ -84,7 +84,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = args.output or Path("out") / (args.model or args.checkpoint.stem)
     options = ExportOptions(
         opset=args.opset, exporter=args.exporter, batch=args.batch, dynamic_batch=args.dynamic_batch,
-        simplify=not args.no_simplify, tolerance=Tolerance(atol=args.atol, rtol=args.rtol), seed=args.seed,
+        simplify=not args.no_simplify, rewrite=not args.no_rewrite, tolerance=Tolerance(atol=args.atol, rtol=args.rtol), seed=args.seed,
     )
     options.check()
     check_output_dir(out, args.overwrite)
@@ -102,6 +102,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
         + " -> ".join(f"{k} {v}" for k, v in nodes.items()) + " nodes; manifest in "
         + str(out / "manifest.json")
     )
+    return 0
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from .optimize import optimize_file
+    from .progress import Steps
+
+    out = args.output or Path("out") / f"{args.source.stem}-optimized"
+    run = optimize_file(args.source, out, overwrite=args.overwrite, verify=not args.no_verify, seed=args.seed,
+                        progress=Steps(console))
+    r = run.result
+    console.print(f"[bold]Optimized[/bold] {run.onnx_path}: {r.nodes_before} -> {r.nodes_after} nodes, "
+                  f"{len(r.patterns)} shift sites rewritten; report in {out / 'manifest.json'}")
     return 0
 
 
@@ -129,10 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="export with a symbolic batch dimension")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
+    p.add_argument("--no-rewrite", action="store_true",
+                   help="keep the naive token-mixing graph (skip the shift -> grouped-conv passes)")
     p.add_argument("--atol", type=float, default=1e-4, help="validation: absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", type=float, default=1e-3,
                    help="validation: tolerance relative to the output's peak magnitude (default 1e-3)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("optimize", help="rewrite token-mixing shifts of any ONNX model into Pad + grouped Conv")
+    p.add_argument("source", type=Path, help="an .onnx file or a run directory from `vmlp-deploy export`")
+    p.add_argument("-o", "--output", type=Path, metavar="DIR", help="run directory (default out/<name>-optimized)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the whole-model ONNX Runtime check (each rewrite is still checked on its own)")
+    p.add_argument("--seed", type=int, default=0, help="seed for probes and verification inputs")
+    p.set_defaults(func=_cmd_optimize)
     return parser
 
 

@@ -32,6 +32,7 @@ from .calibration import embedded_batch
 from .errors import UserError, ValidationError
 from .model import LoadedModel
 from .onnx_io import cpu_session, op_histogram, save
+from .passes import optimize_model
 from .progress import Progress, Quiet
 from .rundir import MANIFEST, staged_dir, write_json
 from .validate import Tolerance, ValidationReport, compare
@@ -50,6 +51,7 @@ class ExportOptions:
     batch: int = 1
     dynamic_batch: bool = False
     simplify: bool = True
+    rewrite: bool = True
     tolerance: Tolerance = field(default_factory=Tolerance)
     n_random: int = 4
     seed: int = 0
@@ -233,6 +235,19 @@ def export_model(
                 passes.append("onnxsim")
                 nodes["simplified"] = len(model.graph.node)
                 timed("simplify", t)
+        rewrite_report: dict[str, Any] | None = None
+        if opt.rewrite:
+            with progress.step("Rewriting token-mixing shifts into Pad + grouped Conv (verified)"):
+                t = time.perf_counter()
+                rewrite = optimize_model(model, seed=opt.seed)
+                model = rewrite.model
+                rewrite_report = rewrite.to_dict()
+                if rewrite.changed:
+                    passes.append("shift-to-conv")
+                nodes["rewritten"] = len(model.graph.node)
+                timed("rewrite", t)
+            for line in rewrite.summary_lines():
+                progress.note(line)
         with progress.step("Checking the graph (onnx checker, shape inference)"):
             t = time.perf_counter()
             model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
@@ -282,6 +297,7 @@ def export_model(
                     "output_name": OUTPUT_NAME,
                     "passes": passes,
                     "nodes": nodes,
+                    "rewrite": rewrite_report,
                     "op_histogram": op_histogram(model),
                     "validation": report.to_dict(),
                     "exporter_warnings": export_warnings,

@@ -1,0 +1,79 @@
+"""`vmlp-deploy optimize` and the rewrite inside `export`: run directories, reports, unchanged graphs, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from vmlp_deploy.onnx_io import cpu_session, op_histogram
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    return cpu_session(path).run(None, {"pixel_values": x})[0]
+
+
+@pytest.fixture(scope="module")
+def naive_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vmlp_deploy.cli import main
+
+    out = tmp_path_factory.mktemp("naive") / "run"
+    assert main(["export", "--model", "s2mlpv2_small", "--tiny", "--no-rewrite", "-o", str(out)]) == 0
+    return out
+
+
+def test_export_rewrites_by_default_and_keeps_the_naive_graph_on_request(cli, naive_run: Path, tmp_path: Path) -> None:
+    naive = json.loads((naive_run / "manifest.json").read_text())["stages"]["export"]
+    assert naive["rewrite"] is None and naive["op_histogram"].get("ScatterND", 0) > 0
+    code, out, _ = cli("export", "--model", "s2mlpv2_small", "--tiny", "-o", tmp_path / "r")
+    assert code == 0 and "shift/edge NHWC" in out
+    export = json.loads((tmp_path / "r" / "manifest.json").read_text())["stages"]["export"]
+    assert "shift-to-conv" in export["passes"] and export["rewrite"]["verification"]["max_abs_diff"] == 0
+    assert "ScatterND" not in export["op_histogram"] and export["op_histogram"]["Conv"] >= 3
+    assert export["nodes"]["final"] <= 0.75 * naive["nodes"]["final"]
+    x = np.random.default_rng(0).standard_normal((1, 3, 56, 56), dtype=np.float32)
+    np.testing.assert_array_equal(_run(tmp_path / "r" / "model.onnx", x), _run(naive_run / "model.onnx", x))
+
+
+def test_optimize_a_run_directory(cli, naive_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "opt"
+    code, stdout, _ = cli("optimize", naive_run, "-o", out)
+    assert code == 0 and "shift sites rewritten" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "s2mlpv2_small" and manifest["preprocessing"]["input_size"] == [56, 56]
+    report = manifest["stages"]["optimize"]
+    assert report["changed"] and report["pattern_counts"] and report["nodes_after"] < report["nodes_before"]
+    assert "export" in manifest["stages"]
+    ops = op_histogram(onnx.load(str(out / "model.onnx")))
+    assert "ScatterND" not in ops
+
+
+def test_optimize_a_bare_onnx_without_idioms_changes_nothing(cli, tmp_path: Path) -> None:
+    code, _, _ = cli("export", "--model", "convnext_tiny", "--tiny", "--no-rewrite", "-o", tmp_path / "c")
+    assert code == 0
+    bare = tmp_path / "elsewhere.onnx"
+    bare.write_bytes((tmp_path / "c" / "model.onnx").read_bytes())
+    code, stdout, _ = cli("optimize", bare, "-o", tmp_path / "o")
+    assert code == 0 and "no shift idiom found" in stdout
+    a, b = onnx.load(str(bare)), onnx.load(str(tmp_path / "o" / "model.onnx"))
+    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "elsewhere" and manifest["stages"]["optimize"]["changed"] is False
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing.onnx", "does not exist"),
+        (lambda d: (d / "x.txt").write_text("hi") and d / "x.txt", "is not an .onnx file"),
+        (lambda d: (d / "junk.onnx").write_bytes(b"\x00garbage") and d / "junk.onnx", "not a readable ONNX model"),
+        (lambda d: (d / "empty").mkdir() or d / "empty", "has no manifest.json"),
+    ],
+)
+def test_optimize_bad_input(cli, tmp_path: Path, make, message: str) -> None:
+    code, out, err = cli("optimize", make(tmp_path), "-o", tmp_path / "out")
+    assert code == 2 and message in err and "Traceback" not in out + err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,29 @@
+"""Graph passes: turn exporter-specific token-mixing idioms into Pad + depthwise Conv, verified.
+
+Usage::
+
+    from vmlp_deploy.passes import optimize_model
+    result = optimize_model(onnx.load("model.onnx"))
+    print("\\n".join(result.summary_lines()))
+    onnx.save(result.model, "model.opt.onnx")
+
+Modules, one idea each: :mod:`.canonicalize` (prove static shapes), :mod:`.regions` (find sub-graphs that
+only move data), :mod:`.probe` (measure their exact copy map), :mod:`.shift_to_conv` (the shift rewrite),
+:mod:`.transpose_cleanup` (cancel layout changes), :mod:`.verify` (ONNX Runtime comparison) and
+:mod:`.optimize` (the pipeline).
+"""
+
+from .optimize import OptimizeResult, optimize_model
+from .shift_to_conv import RewriteRolledBack, ShiftPlan, ShiftSite, SkippedRegion
+from .verify import Verification, compare_models
+
+__all__ = [
+    "OptimizeResult",
+    "RewriteRolledBack",
+    "ShiftPlan",
+    "ShiftSite",
+    "SkippedRegion",
+    "Verification",
+    "compare_models",
+    "optimize_model",
+]
