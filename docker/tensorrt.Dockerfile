@@ -13,7 +13,7 @@ COPY pyproject.toml README.md ./
 COPY vmlp_deploy ./vmlp_deploy
 COPY models ./models
 COPY calibration ./calibration
-RUN pip install ".[plot]" cuda-python && vmlp-deploy --version
+RUN pip install ".[plot]" cuda-python "nvidia-modelopt[onnx]" && vmlp-deploy --version
 
 WORKDIR /work
 ENTRYPOINT ["vmlp-deploy"]

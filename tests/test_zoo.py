@@ -88,3 +88,15 @@ def test_zoo_is_not_a_top_level_package(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     spec, count = out.stdout.split()
     assert spec == "None" and int(count) >= 20
+
+
+def test_every_subpackage_ships_in_the_wheel() -> None:
+    """The build config lists packages explicitly (to map models/ and calibration/): none may be forgotten."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"vmlp_deploy." + p.parent.relative_to(root / "vmlp_deploy").as_posix().replace("/", ".")
+             for p in (root / "vmlp_deploy").rglob("__init__.py") if p.parent != root / "vmlp_deploy"}
+    assert found | {"vmlp_deploy", "vmlp_deploy.models", "vmlp_deploy.calibration_data"} <= listed

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -157,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the whole-model ONNX Runtime check (each rewrite is still checked on its own)")
     p.add_argument("--seed", type=int, default=0, help="seed for probes and verification inputs")
     p.set_defaults(func=_cmd_optimize)
+
+    from .profile.cli import add_parser as add_profile
+    add_profile(sub)
     return parser
 
 
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, UnknownModelError) as e:
         if args.debug:
             raise
-        err_console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]")
@@ -180,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        err_console.print(f"[red]internal error:[/red] {type(e).__name__}: {first} (re-run with --debug and report it)",
+        err_console.print(f"[red]internal error:[/red] {type(e).__name__}: {escape(first)} (re-run with --debug and report it)",
                           soft_wrap=True)
         return 1
 

@@ -1,22 +1,36 @@
 """OpenVINO runtime. The inference precision is always pinned and read back from the compiled model,
-because the CPU plugin silently runs "FP32" models in bf16 on CPUs with native bf16 (this one included)."""
+because the CPU plugin silently runs "FP32" models in bf16 on CPUs with native bf16 (this one included),
+and may run another precision than the one asked for (f16 falls back to bf16 on CPUs without f16 math).
+
+Timed runs set the input tensor once and call ``infer()``; throughput runs use an ``AsyncInferQueue``
+over the THROUGHPUT hint with explicit streams; per-layer times are the plugin's performance counters.
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import UserError
-from .base import RunOptions
+from .base import Concurrent, LayerTime, RunOptions, Timer, canonical_precision, fixed_shape, require_profiling
 
-PRECISIONS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
+PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
+#: Op types that mark a quantized graph: ONNX Q/DQ as read by the ONNX frontend, or IR FakeQuantize.
+QUANTIZED_OPS = ("FakeQuantize", "FakeConvert", "QuantizeLinear", "DequantizeLinear")
 
 
 def _precision_name(t: Any) -> str:
     """OpenVINO reports an ``ov.Type``; its short name (f32, bf16, f16) is what users pass on the command line."""
     return t.get_type_name() if hasattr(t, "get_type_name") else str(t)
+
+
+def kernel_precision(exec_type: str) -> str:
+    """The precision suffix of a CPU-plugin kernel name: ``brgemm_avx512_bf16`` -> ``bf16``, ``..._I8`` -> ``i8``."""
+    tail = exec_type.rsplit("_", 1)[-1].lower()
+    return tail if tail in ("f32", "bf16", "f16", "i8", "u8", "i32", "i64", "u1", "i4", "u4") else ""
 
 
 class OvSession:
@@ -28,9 +42,29 @@ class OvSession:
         if not any(d == device or d.startswith(device + ".") for d in core.available_devices):
             raise UserError(f"OpenVINO device {device} is not available here (found: "
                             f"{', '.join(core.available_devices)}): choose one of those with --device")
-        precision = PRECISIONS.get((options.precision or "f32").lower())
+        requested = canonical_precision(options.precision or "f32")
+        if requested == "int8":
+            requested = "f32"  # int8 comes from the model's Q/DQ nodes; the float parts stay pinned to f32
+        precision = PRECISIONS.get(requested or "")
         if precision is None:
             raise UserError(f"unknown precision {options.precision!r} for openvino: use f32, bf16 or f16")
+        if options.streams < 1:
+            raise UserError(f"streams must be at least 1, got {options.streams}")
+        try:
+            ov_model = core.read_model(str(model))
+        except Exception as e:  # the frontends raise GeneralFailure / RuntimeError with long C++ messages
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise UserError(f"OpenVINO cannot read {model.name}: {first}") from None
+        if len(ov_model.inputs) != 1:
+            raise UserError(f"{model.name} has {len(ov_model.inputs)} inputs; vmlp-deploy feeds one image tensor")
+        self.quantized = any(op.get_type_name() in QUANTIZED_OPS for op in ov_model.get_ordered_ops())
+        if canonical_precision(options.precision) == "int8" and not self.quantized:
+            raise UserError(f"{model.name} has no Q/DQ (FakeQuantize) nodes: quantize it first "
+                            "(vmlp-deploy quantize) to profile int8")
+        port = ov_model.inputs[0]
+        declared: list[int | str] = [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()]
+        if options.input_shape is not None:
+            ov_model.reshape({port.get_any_name(): list(fixed_shape(declared, options.input_shape, model.name))})
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY" if options.streams == 1 else "THROUGHPUT",
             "INFERENCE_PRECISION_HINT": precision,
@@ -44,50 +78,109 @@ class OvSession:
         config.update(options.extra.get("ov_config", {}))
         self.options = options
         self.version = ov.__version__
-        self.compiled = core.compile_model(str(model), device, config)
+        self.compiled = core.compile_model(ov_model, device, config)
         self.request = self.compiled.create_infer_request()
         port = self.compiled.inputs[0]
         self.input_name = port.get_any_name()
-        shape = port.get_partial_shape()
-        self.input_shape = [d.get_length() if d.is_static else "?" for d in shape]
+        self.input_shape = [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()]
         self.requested_precision = precision
         self.precision = _precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.device = device
+        self.device_name = core.get_property(device, "FULL_DEVICE_NAME")
+        self.requests_in_flight = 1
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         result = self.request.infer({0: x})
         return [result[out] for out in self.compiled.outputs]
 
-    def profiling_info(self) -> list[Any]:
-        return list(self.request.get_profiling_info())
+    def _tensor(self, x: np.ndarray) -> Any:
+        import openvino as ov
+
+        return ov.Tensor(np.ascontiguousarray(x))
+
+    def timer(self, x: np.ndarray) -> Timer:
+        request = self.request
+        request.set_input_tensor(self._tensor(x))
+
+        def one() -> float:
+            start = time.perf_counter()
+            request.infer()
+            return time.perf_counter() - start
+
+        return one
+
+    def concurrent(self, x: np.ndarray) -> Concurrent:
+        import openvino as ov
+
+        jobs = max(self.options.streams, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        queue = ov.AsyncInferQueue(self.compiled, jobs)
+        tensor = self._tensor(x)
+        for request in queue:
+            request.set_input_tensor(tensor)
+        latencies: list[float] = []
+        queue.set_callback(lambda request, _: latencies.append(request.latency / 1000.0))
+
+        def many(n: int) -> tuple[float, list[float]]:
+            latencies.clear()
+            start = time.perf_counter()
+            for _ in range(n):
+                queue.start_async()
+            queue.wait_all()
+            return time.perf_counter() - start, list(latencies)
+
+        self.requests_in_flight = jobs
+        return many
+
+    def layer_times(self, x: np.ndarray, runs: int) -> list[LayerTime]:
+        """Sum the counters of ``runs`` synchronous inferences (``real_time`` is wall time per node)."""
+        require_profiling(self.options, "openvino")
+        totals: dict[str, list[Any]] = {}
+        for _ in range(runs):
+            self.request.infer({0: x})
+            for info in self.request.get_profiling_info():
+                if str(info.status).rsplit(".", 1)[-1] != "EXECUTED":
+                    continue
+                entry = totals.setdefault(info.node_name, [info.node_type, info.exec_type, 0.0])
+                entry[2] += info.real_time.total_seconds() * 1000.0
+        return [LayerTime(name=n, op_type=op, exec_type=ex, time_ms=ms / runs, precision=kernel_precision(ex))
+                for n, (op, ex, ms) in totals.items()]
 
     def describe(self) -> dict[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "backend": "openvino",
             "runtime": f"openvino {self.version}",
             "device": self.device,
+            "device_name": self.device_name,
             "precision_requested": self.requested_precision,
             "precision": self.precision,
             "threads": self.compiled.get_property("INFERENCE_NUM_THREADS"),
             "streams": self.compiled.get_property("NUM_STREAMS"),
             "performance_hint": str(self.compiled.get_property("PERFORMANCE_HINT")),
         }
+        info["requests_in_flight"] = self.requests_in_flight
+        return info
 
 
 class OpenVinoBackend:
-    name = "openvino"
-    extra = ""
+    name: str = "openvino"
+    extra: str = ""
+    suffixes: tuple[str, ...] = (".onnx", ".xml")
+    precisions: tuple[str, ...] = ("f32", "bf16", "f16")
 
     def available(self) -> bool:
+        return self.unavailable_reason() is None
+
+    def unavailable_reason(self) -> str | None:
         try:
             import openvino  # noqa: F401
         except ImportError:
-            return False
-        return True
+            return "OpenVINO is not installed: pip install openvino (it is a dependency of vmlp-deploy)"
+        return None
 
     def load(self, model: Path, options: RunOptions) -> OvSession:
-        if not self.available():
-            raise UserError("OpenVINO is not installed: pip install openvino (it is a dependency of vmlp-deploy)")
-        if model.suffix not in (".onnx", ".xml"):
+        reason = self.unavailable_reason()
+        if reason:
+            raise UserError(reason)
+        if model.suffix not in self.suffixes:
             raise UserError(f"openvino reads .onnx or OpenVINO IR .xml files, not {model.name}")
         return OvSession(model, options)

@@ -1,0 +1,265 @@
+"""`vmlp-deploy profile` on real ONNX Runtime and OpenVINO runs of tiny models (few iterations): fields,
+units, the precision that really ran, outputs, and one clear line for every kind of bad input.
+
+No timing claims here: the numbers are only checked for consistency with each other.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from vmlp_deploy.backends.base import LayerTime
+from vmlp_deploy.export import ExportOptions, export_model
+from vmlp_deploy.model import load_model
+from vmlp_deploy.profile.inputs import onnx_complexity, zoo_complexity
+from vmlp_deploy.profile.layers import aggregate, category
+from vmlp_deploy.profile.measure import MeasurePlan, Probe, latency_stats, measure
+
+Cli = Callable[..., tuple[int, str, str]]
+PNG = b"\x89PNG\r\n\x1a\n"
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None  # the optional `plot` extra
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("p") / "s2mlpv2_small"
+    export_model(load_model("s2mlpv2_small", tiny=True), out, ExportOptions(dynamic_batch=True))
+    return out
+
+
+@pytest.fixture(scope="module")
+def qdq_model(run_dir: Path) -> Path:
+    """The tiny model statically quantized (QDQ) by ONNX Runtime, as a bare ``qdq/model.onnx``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.data = iter([{"pixel_values": rng.standard_normal((1, 3, 56, 56), dtype=np.float32)}
+                              for _ in range(4)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.data, None)
+
+    out = run_dir.parent / "qdq" / "model.onnx"
+    out.parent.mkdir()
+    quantize_static(str(run_dir / "model.onnx"), str(out), Reader(), quant_format=QuantFormat.QDQ)
+    return out
+
+
+def small_model(path: Path, dims: list[int | str], inputs: int = 1) -> Path:
+    """Conv -> GlobalAveragePool with the given input dims (symbolic names allowed)."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    ins = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, dims) for i in range(inputs)]
+    nodes = [helper.make_node("Conv", ["x0", "w"], ["c"]), helper.make_node("GlobalAveragePool", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def load_profile(out: Path) -> dict:
+    return json.loads((out / "profile.json").read_text())
+
+
+def test_end_to_end_fields_units_and_precisions(cli: Cli, run_dir: Path, qdq_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prof"
+    code, stdout, err = cli("profile", run_dir, qdq_model, "--backend", "cpu,openvino", "--precision", "f32,bf16",
+                            "--batch", "1,2", "-n", "6", "--warmup", "2", "--threads", "2", "--layer-runs", "2",
+                            "--top", "5", "--peak-size", "256", "-o", out, *([] if HAS_MATPLOTLIB else ["--no-charts"]))
+    assert code == 0, err
+    doc = load_profile(out)
+    charts = ["latency.png", "latency_vs_macs.png"] if HAS_MATPLOTLIB else []
+    for name in ["profile.json", "profile.md", "manifest.json", *charts]:
+        assert (out / name).is_file(), name
+    assert all((out / name).read_bytes()[:8] == PNG for name in charts)
+    assert sorted(json.loads((out / "manifest.json").read_text())["artifacts"].values()) == sorted(
+        ["profile.json", "profile.md", *charts])
+    assert "median" in stdout and "profile.json" in stdout
+
+    records = doc["records"]
+    by = {(r["model"], r["backend"], r["precision"], r["batch"]): r for r in records}
+    assert len(by) == len(records) == 12
+    assert set(by) == {(m, b, p, n) for n in (1, 2) for m, b, p in [
+        ("s2mlpv2_small", "cpu", "f32"), ("s2mlpv2_small", "openvino", "f32"), ("s2mlpv2_small", "openvino", "bf16"),
+        ("qdq", "cpu", "int8"), ("qdq", "openvino", "int8"), ("qdq", "openvino", "int8/bf16")]}
+    assert any("cpu at bf16" in s for s in doc["skipped"])
+    assert by[("s2mlpv2_small", "openvino", "f32", 1)]["inference_precision"] == "f32"
+    assert by[("qdq", "openvino", "int8/bf16", 2)]["inference_precision"] == "bf16"
+    bf16_layers = by[("s2mlpv2_small", "openvino", "bf16", 1)]["layers"]
+    assert max(bf16_layers["kernel_precisions_percent"], key=bf16_layers["kernel_precisions_percent"].get) == "bf16"
+    f32_kernels = by[("s2mlpv2_small", "openvino", "f32", 1)]["layers"]["kernel_precisions_percent"]
+    assert max(f32_kernels, key=f32_kernels.get) == "f32" and "bf16" not in f32_kernels
+
+    peaks = {(p["backend"], p["precision"]): p for p in doc["peaks"]}
+    assert set(peaks) == {("cpu", "f32"), ("openvino", "f32"), ("openvino", "bf16"), ("cpu", "int8"),
+                          ("openvino", "int8")}
+    assert peaks[("openvino", "bf16")]["precision_used"] == "bf16"
+    macs = zoo_complexity("s2mlpv2_small", True)[1]
+    for r in records:
+        lat = r["latency_ms"]
+        assert r["iterations"] == lat["count"] == 6 and r["warmup"]["inferences"] == 2
+        assert 0 < lat["min"] <= lat["median"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert lat["std"] >= 0 and lat["cov"] == pytest.approx(lat["std"] / lat["mean"])
+        assert r["first_inference_ms"] > 0 and r["input_shape"] == [r["batch"], 3, 56, 56]
+        assert r["throughput_images_per_s"] == pytest.approx(r["batch"] * 1000 / lat["mean"], rel=1e-6)
+        assert r["macs_per_image"] == macs
+        assert r["achieved_gops"] == pytest.approx(2 * macs * r["batch"] / lat["median"] / 1e6)
+        peak = peaks[(r["backend"], "int8" if r["quantized"] else r["precision_requested"])]
+        assert r["peak_percent"] == pytest.approx(100 * r["achieved_gops"] / peak["gops"])
+        assert r["settings"]["requested"]["threads"] == 2
+        assert sum(c["percent"] for c in r["layers"]["by_category"]) == pytest.approx(100, abs=0.01)
+        assert len(r["layers"]["by_op_type"]) <= 5 and r["layers"]["runs"] == 2
+    env = doc["environment"]
+    assert env["cpu_model"] and isinstance(env["cpu_flags"], list) and env["usable_cpus"] >= 1
+    assert {"onnxruntime", "openvino", "vmlp_deploy"} <= set(env["libraries"])
+    md = (out / "profile.md").read_text()
+    assert "| s2mlpv2_small | openvino | bf16 | 1 | latency |" in md and "## Layers: qdq on cpu (int8" in md
+
+
+def test_throughput_mode_and_duration(cli: Cli, run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tput"
+    code, _, err = cli("profile", run_dir, "--backend", "cpu,openvino", "--mode", "both", "--streams", "2",
+                       "--threads", "2", "--duration", "0.05", "--warmup-time", "0.01", "--no-peak",
+                       "--layer-runs", "0", "--no-charts", "-o", out)
+    assert code == 0, err
+    doc = load_profile(out)
+    assert sorted((r["backend"], r["mode"]) for r in doc["records"]) == [
+        ("cpu", "latency"), ("cpu", "throughput"), ("openvino", "latency"), ("openvino", "throughput")]
+    for r in doc["records"]:
+        assert r["iterations"] >= 10 and r["measured_s"] >= 0.05 and r["warmup"]["seconds"] >= 0.01
+        assert r["throughput_images_per_s"] > 0 and r["peak_percent"] is None and r["layers"] is None
+        if r["mode"] == "throughput":
+            assert r["settings"]["streams"] == 2
+            assert r["throughput_images_per_s"] == pytest.approx(r["iterations"] / r["measured_s"])
+    ov = next(r for r in doc["records"] if r["backend"] == "openvino" and r["mode"] == "throughput")
+    assert ov["settings"]["requests_in_flight"] >= 2 and ov["settings"]["performance_hint"].endswith("THROUGHPUT")
+    assert not (out / "latency.png").exists()
+
+
+def test_zoo_name_ir_and_dynamic_dims(cli: Cli, run_dir: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import openvino as ov
+
+    monkeypatch.setenv("VMLP_DEPLOY_CACHE", str(tmp_path / "cache"))
+    ir = tmp_path / "ir" / "model.xml"
+    ov.save_model(ov.convert_model(str(run_dir / "model.onnx")), str(ir))
+    dyn = small_model(tmp_path / "dyn.onnx", ["n", 3, "h", "w"])
+    out = tmp_path / "zoo"
+    code, _, err = cli("profile", "poolformer_s12", ir, "--tiny", "-n", "3", "--warmup", "1", "--no-peak",
+                       "--layer-runs", "1", "--no-charts", "-o", out)
+    assert code == 0, err
+    doc = load_profile(out)
+    assert list((tmp_path / "cache" / "zoo").glob("poolformer_s12-tiny-*/manifest.json"))
+    models = {r["model"]: r for r in doc["records"]}
+    assert {(r["model"], r["backend"]) for r in doc["records"]} >= {("poolformer_s12-tiny", "cpu"),
+                                                                   ("ir", "openvino")}
+    assert not any(r["model"] == "ir" and r["backend"] == "cpu" for r in doc["records"])
+    assert models["poolformer_s12-tiny"]["macs_per_image"] == zoo_complexity("poolformer_s12", True)[1]
+    assert models["ir"]["macs_per_image"] == zoo_complexity("s2mlpv2_small", True)[1]
+    assert any("does not read .xml" in s for s in doc["skipped"])
+    assert any(s.startswith("tensorrt:") for s in doc["skipped"]) or any(
+        r["backend"] == "tensorrt" for r in doc["records"])
+
+    code, _, err = cli("profile", dyn, "--backend", "cpu", "--input-shape", "3x16x16", "-n", "2", "--no-peak",
+                       "--layer-runs", "0", "--no-charts", "-o", tmp_path / "dyn")
+    assert code == 0, err
+    (record,) = load_profile(tmp_path / "dyn")["records"]
+    assert record["input_shape"] == [1, 3, 16, 16] and record["macs_per_image"] == 4 * 27 * 14 * 14
+
+
+@pytest.mark.skipif(HAS_MATPLOTLIB, reason="matplotlib is installed")
+def test_charts_without_matplotlib_are_a_clear_error(cli: Cli, run_dir: Path, tmp_path: Path) -> None:
+    code, _, err = cli("profile", run_dir, "-n", "1", "-o", tmp_path / "out")
+    assert code == 2 and "--no-charts" in err and not (tmp_path / "out").exists()
+
+
+def test_graph_macs_match_the_pytorch_count(run_dir: Path) -> None:
+    params, macs, complete = onnx_complexity(run_dir / "model.onnx")
+    ref_params, ref_macs = zoo_complexity("s2mlpv2_small", True)
+    assert complete and macs == ref_macs
+    assert params == pytest.approx(ref_params, rel=0.05)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["nope/model.onnx"], "no such ONNX file"),
+    (["s2mlpv2_smal"], "did you mean s2mlpv2_small"),
+    (["{empty}"], "has no manifest.json"),
+    (["{dyn}"], "--input-shape"),
+    (["{fixed}", "--batch", "2"], "--dynamic-batch"),
+    (["{two}"], "2 inputs"),
+    (["{run}", "--backend", "openvino", "--device", "NPU"], "not available here"),
+    (["{run}", "--backend", "cpu", "--device", "GPU"], "selects the OpenVINO device"),
+    (["{run}", "-n", "0"], "--iterations must be a positive"),
+    (["{run}", "-n", "-3"], "--iterations must be a positive"),
+    (["{run}", "--duration", "0"], "--duration must be a positive"),
+    (["{run}", "--warmup", "-1"], "--warmup must be zero or more"),
+    (["{run}", "--chunk", "0"], "--chunk (seconds per interleaved visit) must be positive"),
+    (["{run}", "--batch", "0"], "--batch sizes must be positive"),
+    (["{run}", "--backend", "tensorrt"], "docker/tensorrt.Dockerfile"),
+    (["{run}", "--backend", "cuda"], "unknown backend cuda"),
+    (["{run}", "--precision", "int4"], "unknown precision"),
+    (["{run}", "--backend", "cpu", "--precision", "bf16"], "nothing to profile"),
+    (["{run}", "--precision", "int8"], "no Q/DQ nodes"),
+])
+def test_bad_input_is_one_clear_line(cli: Cli, run_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "empty").mkdir()
+    paths = {
+        "{empty}": tmp_path / "empty",
+        "{dyn}": small_model(tmp_path / "dyn.onnx", ["n", 3, "h", "w"]),
+        "{fixed}": small_model(tmp_path / "fixed.onnx", [1, 3, 8, 8]),
+        "{two}": small_model(tmp_path / "two.onnx", [1, 3, 8, 8], inputs=2),
+        "{run}": run_dir,
+    }
+    out = tmp_path / "out"
+    argv = [str(paths.get(a, a)) for a in args]
+    extra = [] if {"-n", "--duration"} & set(argv) else ["-n", "2"]
+    code, stdout, err = cli("profile", *argv, *extra, "--no-peak", "--layer-runs", "0", "--no-charts", "-o", out)
+    assert code == 2, (stdout, err)
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_measure_interleaves_and_counts() -> None:
+    log: list[str] = []
+
+    def timer(name: str) -> Callable[[], float]:
+        def one() -> float:
+            log.append(name)
+            return 0.001
+
+        return one
+
+    probes = [Probe("a", 1, "latency", timer=timer("a")), Probe("b", 2, "latency", timer=timer("b"))]
+    samples = measure(probes, MeasurePlan(warmup=3, iterations=5, duration_s=None, chunk_s=0.002))
+    assert [s.inferences for s in samples] == [5, 5] and [s.warmup_inferences for s in samples] == [3, 3]
+    assert all(len(s.latencies_s) == 5 and s.first_s == 0.001 for s in samples)
+    timed = log[2 + 6:]
+    assert timed[:4] == ["a", "a", "b", "b"] and timed[4:8] == ["b", "b", "a", "a"]
+    assert samples[1].visit_rates[0] == pytest.approx(2 / 0.001)
+
+    by_time = measure(probes[:1], MeasurePlan(warmup=0, duration_s=0.004, chunk_s=0.002))
+    assert by_time[0].inferences == 10 and by_time[0].measured_s >= 0.004
+
+
+def test_statistics_and_layer_aggregation() -> None:
+    stats = latency_stats([0.001 * v for v in range(1, 101)])
+    assert stats is not None and (stats.min, stats.max, stats.count) == (1.0, 100.0, 100)
+    assert stats.median == pytest.approx(50.5) and stats.p90 == pytest.approx(np.percentile(range(1, 101), 90))
+    assert latency_stats([]) is None
+
+    layers = [LayerTime("mm1", "MatMul", 3.0), LayerTime("mm2", "FullyConnected", 1.0, "brgemm_avx512_bf16", "bf16"),
+              LayerTime("ln", "LayerNormalization", 1.0), LayerTime("shift", "ScatterND", 5.0)]
+    b = aggregate(layers, runs=4, top=2)
+    assert b.total_ms == 10.0 and b.layers == 4 and b.runs == 4
+    assert {r.name: r.percent for r in b.by_category} == {"shift/data movement": 50.0, "gemm": 40.0, "norm": 10.0}
+    assert [r.name for r in b.by_op_type] == ["ScatterND", "MatMul"] and [r.name for r in b.by_node] == ["shift", "mm1"]
+    assert b.kernel_precisions == {"bf16": 100.0}
+    assert (category("Subgraph"), category("GroupConvolution"), category("Unknown")) == ("elementwise", "conv", "other")

@@ -1,0 +1,232 @@
+"""Profile outputs: profile.json (one record per model x backend x precision x batch x mode), profile.md,
+PNG charts (latency per configuration, latency vs MACs) and the run's manifest.json.
+
+matplotlib is an optional extra (``vmlp-deploy[plot]``), imported only when charts are drawn, with the Agg
+backend so no display is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UserError
+from ..rundir import MANIFEST, write_json
+
+if TYPE_CHECKING:
+    from .inputs import ModelInput
+    from .run import ProfileOptions, ProfileResult
+
+FORMAT = "vmlp-deploy-profile/1"
+
+
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError('charts need matplotlib: pip install "vmlp-deploy[plot]", or pass --no-charts') from None
+
+
+def series_label(r: dict[str, Any], modes: int) -> str:
+    return f"{r['backend']} {r['precision']}" + (f" ({r['mode']})" if modes > 1 else "")
+
+
+def write_outputs(out: Path, result: ProfileResult, options: ProfileOptions, models: Sequence[ModelInput],
+                  *, command: str, created: str) -> dict[str, str]:
+    """Write every file into ``out`` (a staging directory); returns artifact name -> file name."""
+    files = {"json": "profile.json", "markdown": "profile.md"}
+    document = {
+        "format": FORMAT,
+        "created": created,
+        "command": command,
+        "options": options.to_dict(),
+        "environment": result.environment,
+        "inputs": [m.to_dict() for m in models],
+        "peaks": result.peaks,
+        "skipped": result.skipped,
+        "warnings": result.warnings,
+        "records": result.records,
+    }
+    write_json(out / files["json"], document)
+    (out / files["markdown"]).write_text(markdown(document))
+    if options.charts:
+        files["latency_chart"] = "latency.png"
+        latency_chart(result.records, out / files["latency_chart"])
+        if any(r["macs_per_image"] for r in result.records):
+            files["macs_chart"] = "latency_vs_macs.png"
+            macs_chart(result.records, out / files["macs_chart"])
+    write_json(out / MANIFEST, {
+        "format": "vmlp-deploy/1",
+        "created": created,
+        "command": command,
+        "stages": {"profile": {"records": len(result.records), "skipped": result.skipped,
+                               "warnings": result.warnings, "options": options.to_dict()}},
+        "artifacts": files,
+        "inputs": [m.to_dict() for m in models],
+        "environment": result.environment,
+    })
+    return files
+
+
+def _f(value: float | None, fmt: str = ".2f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    env, records = doc["environment"], doc["records"]
+    opt, plan = doc["options"], doc["options"]["plan"]
+    lines = [
+        "# vmlp-deploy profile",
+        "",
+        f"`{doc['command']}`  ",
+        f"{doc['created']} on {env['cpu_model']} ({env['usable_cpus']} usable CPUs; "
+        f"flags {' '.join(env['cpu_flags']) or '-'}; governor {env['cpu_governor'] or 'n/a'}; "
+        f"load average {', '.join(f'{v:.2f}' for v in env['load_average'] or [])} before the run)  ",
+        "Libraries: " + ", ".join(f"{k} {v}" for k, v in env["libraries"].items()) + "  ",
+        f"Warm-up {plan['warmup_s'] if plan['warmup_s'] is not None else plan['warmup']}"
+        f"{' s' if plan['warmup_s'] is not None else ' inferences'}, then "
+        + (f"{plan['iterations']} iterations" if plan["iterations"] is not None
+           else f"{plan['duration_s']} s (at least {plan['min_iterations']} iterations)")
+        + f" per configuration, interleaved in ~{plan['chunk_s']} s visits; threads {opt['threads'] or 'all'}.",
+        "",
+        "## Results",
+        "",
+        "Latency in ms per inference (one batch). GOPS = 2 x MACs / median latency (latency mode) or x throughput "
+        "(throughput mode); % peak against the backend's own GEMM peak at the same precision, measured in this run.",
+        "",
+        "| model | backend | precision | batch | mode | median | mean ± std | p90 | p95 | p99 | min | max "
+        "| first | img/s | GMACs/img | GOPS | % peak | CoV |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        lat = r["latency_ms"] or {}
+        lines.append(
+            f"| {r['model']} | {r['backend']} | {r['precision']} | {r['batch']} | {r['mode']} "
+            f"| {_f(lat.get('median'))} | {_f(lat.get('mean'))} ± {_f(lat.get('std'))} | {_f(lat.get('p90'))} "
+            f"| {_f(lat.get('p95'))} | {_f(lat.get('p99'))} | {_f(lat.get('min'))} | {_f(lat.get('max'))} "
+            f"| {_f(r['first_inference_ms'])} | {_f(r['throughput_images_per_s'], '.1f')} "
+            f"| {_f(r['macs_per_image'] / 1e9 if r['macs_per_image'] else None, '.3f')} "
+            f"| {_f(r['achieved_gops'], '.1f')} | {_f(r['peak_percent'], '.1f')} "
+            f"| {r['spread']['value']:.1%}{' ⚠' if r['spread']['warning'] else ''} |")
+    if doc["peaks"]:
+        lines += ["", "## Backend peaks (large GEMM, same run)", "",
+                  "| backend | precision asked | precision used | size | best ms | median ms | GOPS |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        for p in doc["peaks"]:
+            lines.append(f"| {p['backend']} | {p['precision']} | {p['precision_used']} | {p['size']} "
+                         f"| {p['best_ms']:.2f} | {p['median_ms']:.2f} | {p['gops']:.1f} |")
+    shown: set[str] = set()
+    for r in records:
+        layers = r["layers"]
+        key = f"{r['model']}|{r['backend']}|{r['precision']}|{r['batch']}"
+        if not layers or key in shown:
+            continue
+        shown.add(key)
+        lines += ["", f"## Layers: {r['model']} on {r['backend']} ({r['precision']}, batch {r['batch']})", "",
+                  f"{layers['layers']} executed layers, {layers['total_ms']:.2f} ms per inference summed over "
+                  f"layers (mean of {layers['runs']} profiled runs; profiling adds overhead)."
+                  + (" Kernel precisions by time: " + ", ".join(f"{k} {v:.0f}%" for k, v in
+                                                                 layers["kernel_precisions_percent"].items())
+                     if layers["kernel_precisions_percent"] else ""),
+                  "", "| category | ms | % | layers |", "|---|---:|---:|---:|"]
+        lines += [f"| {c['name']} | {c['time_ms']:.3f} | {c['percent']:.1f} | {c['count']} |"
+                  for c in layers["by_category"]]
+        lines += ["", "| op type | ms | % | layers |", "|---|---:|---:|---:|"]
+        lines += [f"| {o['name']} | {o['time_ms']:.3f} | {o['percent']:.1f} | {o['count']} |"
+                  for o in layers["by_op_type"]]
+        lines += ["", "| node | kernel | ms | % |", "|---|---|---:|---:|"]
+        lines += [f"| `{n['name'][:80]}` | {n['detail']} | {n['time_ms']:.3f} | {n['percent']:.1f} |"
+                  for n in layers["by_node"]]
+    if doc["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in doc["warnings"]]
+    if doc["skipped"]:
+        lines += ["", "## Skipped", ""] + [f"- {s}" for s in doc["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Latency-mode records when there are any (throughput-mode latencies are under load)."""
+    latency = [r for r in records if r["mode"] == "latency" and r["latency_ms"]]
+    return latency or [r for r in records if r["latency_ms"]]
+
+
+def latency_chart(records: Sequence[dict[str, Any]], path: Path) -> None:
+    """Median latency per model (groups) and backend/precision (bars), one panel per batch size;
+    whiskers from min to p90."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _plot_records(records)
+    batches = sorted({r["batch"] for r in rows})
+    modes = len({r["mode"] for r in rows})
+    series = list(dict.fromkeys(series_label(r, modes) for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    width = 0.8 / max(len(series), 1)
+    fig, axes = plt.subplots(len(batches), 1, figsize=(max(7.5, 3.6 + 1.6 * len(models) * max(len(series), 2) / 2),
+                                                        3.6 * len(batches)), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, batch in zip(axes[:, 0], batches, strict=True):
+        for j, name in enumerate(series):
+            xs, ys, lo, hi = [], [], [], []
+            for i, model in enumerate(models):
+                match = [r for r in rows if r["model"] == model and r["batch"] == batch
+                         and series_label(r, modes) == name]
+                if not match:
+                    continue
+                lat = match[0]["latency_ms"]
+                xs.append(i - 0.4 + width * (j + 0.5))
+                ys.append(lat["median"])
+                lo.append(lat["median"] - lat["min"])
+                hi.append(lat["p90"] - lat["median"])
+            if not xs:
+                continue
+            bars = ax.bar(xs, ys, width * 0.92, yerr=[lo, hi], capsize=3, label=name, color=colors(j % 10))
+            ax.bar_label(bars, labels=[f"{y:.1f}" if y >= 10 else f"{y:.2f}" for y in ys], fontsize=7, padding=2)
+        ax.set_xticks(range(len(models)), models)
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(f"batch {batch}: median latency, whiskers min..p90", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def macs_chart(records: Sequence[dict[str, Any]], path: Path) -> None:
+    """Median latency against GMACs per inference, one marker series per backend/precision, models annotated."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in _plot_records(records) if r["macs_per_image"]]
+    modes = len({r["mode"] for r in rows})
+    series = list(dict.fromkeys(series_label(r, modes) for r in rows))
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    colors, markers = plt.get_cmap("tab10"), "osD^v<>ph*"
+    for j, name in enumerate(series):
+        pts = [r for r in rows if series_label(r, modes) == name]
+        xs = [r["macs_per_image"] * r["batch"] / 1e9 for r in pts]
+        ys = [r["latency_ms"]["median"] for r in pts]
+        ax.scatter(xs, ys, label=name, color=colors(j % 10), marker=markers[j % len(markers)], s=46, zorder=3)
+    for model, batch in dict.fromkeys((r["model"], r["batch"]) for r in rows):
+        top = max((r for r in rows if r["model"] == model and r["batch"] == batch),
+                  key=lambda r: r["latency_ms"]["median"])
+        ax.annotate(f"{model} b{batch}", (top["macs_per_image"] * batch / 1e9, top["latency_ms"]["median"]),
+                    fontsize=8, xytext=(5, 4), textcoords="offset points")
+    ax.set_xlabel("GMACs per inference (batch x MACs per image)")
+    ax.set_ylabel("median latency (ms)")
+    ax.set_title("latency vs work: points on one line run at the same GOPS", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.set_xlim(0, max(r["macs_per_image"] * r["batch"] for r in rows) / 1e9 * 1.3)
+    ax.set_ylim(0, max(r["latency_ms"]["median"] for r in rows) * 1.12)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,383 @@
+"""Stage 5: `vmlp-deploy profile` - honest latency/throughput of models x backends x precisions x batches.
+
+One entry point, :func:`profile_models`: resolve the inputs, plan the configurations (skipping, with a
+reason, what a backend cannot do), measure each backend's GEMM peak, load every configuration, measure
+them interleaved, profile their layers in separate sessions, and write the run directory
+(profile.json, profile.md, charts, manifest.json) atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import BACKENDS, RunOptions
+from ..backends.base import PRECISION_ALIASES, canonical_precision
+from ..errors import UserError
+from ..progress import Progress, Quiet
+from ..rundir import check_output_dir, staged_dir
+from . import environment
+from .inputs import ModelInput, resolve_inputs
+from .layers import aggregate
+from .measure import MODES, MeasurePlan, Probe, Samples, latency_stats, measure, spread, throughput
+from .peak import DEFAULT_SIZE, Peak, measure_peak
+from .report import write_outputs
+
+BACKEND_NAMES = tuple(BACKENDS)
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """Everything `profile` was asked to do; each field is printed and stored with the results."""
+
+    backends: tuple[str, ...] = ("all",)
+    precisions: tuple[str, ...] = ("f32",)
+    batches: tuple[int, ...] | None = None
+    modes: tuple[str, ...] = ("latency",)
+    threads: int | None = None
+    streams: int | None = None
+    device: str = "CPU"
+    spinning: bool = True
+    opt_level: str = "all"
+    input_shape: tuple[int, ...] | None = None
+    plan: MeasurePlan = field(default_factory=MeasurePlan)
+    layer_runs: int = 10
+    top: int = 10
+    peak: bool = True
+    peak_size: int = DEFAULT_SIZE
+    spread_threshold: float = 0.05
+    tiny: bool = False
+    charts: bool = True
+    seed: int = 0
+
+    def check(self) -> None:
+        self.plan.check()
+        unknown = [b for b in self.backends if b != "all" and b not in BACKEND_NAMES]
+        if unknown or not self.backends:
+            raise UserError(f"unknown backend {', '.join(unknown) or '(none)'}: use {', '.join(BACKEND_NAMES)} or all")
+        for p in self.precisions:
+            canonical_precision(p)
+        if self.batches is not None and (not self.batches or min(self.batches) < 1):
+            raise UserError(f"--batch sizes must be positive integers, got {list(self.batches or [])}")
+        if any(m not in MODES for m in self.modes) or not self.modes:
+            raise UserError(f"unknown mode in {list(self.modes)}: use latency, throughput or both")
+        for name, value in (("--threads", self.threads), ("--streams", self.streams)):
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be at least 1, got {value}")
+        if self.input_shape is not None and min(self.input_shape) < 1:
+            raise UserError(f"--input-shape dimensions must be positive, got {list(self.input_shape)}")
+        if self.layer_runs < 0 or self.top < 1:
+            raise UserError("--layer-runs must be zero or more and --top at least 1")
+        if self.peak_size < 16:
+            raise UserError(f"--peak-size must be at least 16, got {self.peak_size}")
+        if not 0 < self.spread_threshold < 10:
+            raise UserError(f"--spread-warn must be a positive percentage, got {self.spread_threshold * 100:g}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "plan"}
+        d["plan"] = self.plan.to_dict()
+        return d
+
+
+@dataclass
+class Config:
+    """One planned measurement: a model on a backend at a precision, batch size and mode."""
+
+    model: ModelInput
+    backend: str
+    precision: str
+    batch: int
+    mode: str
+    shape: tuple[int, ...]
+    options: RunOptions
+
+    @property
+    def label(self) -> str:
+        return precision_label(self.precision, self.model.quantized)
+
+    @property
+    def key(self) -> str:
+        return f"{self.model.label} | {self.backend} | {self.label} | b{self.batch} | {self.mode}"
+
+
+@dataclass
+class ProfileResult:
+    out_dir: Path
+    records: list[dict[str, Any]]
+    peaks: list[dict[str, Any]]
+    environment: dict[str, Any]
+    skipped: list[str]
+    warnings: list[str]
+    files: dict[str, str]
+
+
+def precision_label(requested: str, quantized: bool) -> str:
+    """``int8`` for a Q/DQ model whose float parts run f32; ``int8/bf16`` when they run bf16."""
+    if not quantized:
+        return requested
+    return "int8" if requested in ("f32", "int8") else f"int8/{requested}"
+
+
+def feed_shape(model: ModelInput, batch: int, sample_shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The input shape to feed: batch first, then ``--input-shape`` or the model's static dims."""
+    declared = model.declared_shape
+    if not declared:
+        raise UserError(f"{model.label} declares no input rank: re-export it with a static input shape")
+    first, rest = declared[0], list(declared[1:])
+    if isinstance(first, int) and first > 0 and first != batch:
+        raise UserError(f"{model.label} has a fixed batch of {first}, cannot run --batch {batch}: "
+                        "re-export with --dynamic-batch (or profile a zoo name, exported with a dynamic batch)")
+    if sample_shape is not None:
+        if len(sample_shape) != len(rest):
+            raise UserError(f"{model.label} takes {len(rest)} dims after the batch ({declared}), "
+                            f"--input-shape gives {len(sample_shape)}")
+        for d, s in zip(rest, sample_shape, strict=True):
+            if isinstance(d, int) and d > 0 and d != s:
+                raise UserError(f"{model.label} has static input dims {list(declared)}; --input-shape "
+                                f"{'x'.join(map(str, sample_shape))} does not match them")
+        return (batch, *sample_shape)
+    if not all(isinstance(d, int) and d > 0 for d in rest):
+        raise UserError(f"{model.label} has dynamic input dims {list(declared)}: pass --input-shape "
+                        "CxHxW (e.g. 3x224x224) to say what to feed")
+    return (batch, *(int(d) for d in rest))
+
+
+def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[list[Config], list[str]]:
+    """Every runnable combination, plus one reason per combination skipped."""
+    explicit = "all" not in opt.backends
+    names = list(dict.fromkeys(opt.backends if explicit else BACKEND_NAMES))
+    skipped: list[str] = []
+    usable = []
+    for name in names:
+        reason = BACKENDS[name].unavailable_reason()
+        if reason is None:
+            usable.append(name)
+        elif explicit:
+            raise UserError(reason)
+        else:
+            skipped.append(f"{name}: {reason}")
+    if opt.device.upper() != "CPU" and "openvino" not in usable:
+        raise UserError(f"--device {opt.device} selects the OpenVINO device: add --backend openvino or drop --device")
+    precisions = list(dict.fromkeys(canonical_precision(p) or "f32" for p in opt.precisions))
+    threads = opt.threads or _usable_cpus()
+    configs: list[Config] = []
+    seen: set[str] = set()
+    for model in models:
+        batches = opt.batches or ((model.declared_shape[0],) if isinstance(model.declared_shape[0], int)
+                                  and model.declared_shape[0] > 0 else (1,))
+        shapes = {b: feed_shape(model, b, opt.input_shape) for b in batches}
+        for name in usable:
+            backend = BACKENDS[name]
+            if model.path.suffix not in backend.suffixes:
+                skipped.append(f"{model.label} on {name}: {name} does not read {model.path.suffix} files")
+                continue
+            for precision in precisions:
+                why = _unsupported(model, name, precision)
+                if why:
+                    skipped.append(f"{model.label} on {name} at {precision}: {why}")
+                    continue
+                for batch in batches:
+                    for mode in opt.modes:
+                        streams = 1 if mode == "latency" else (opt.streams or (threads if name != "tensorrt" else 2))
+                        options = RunOptions(
+                            threads=threads, precision=precision, device=_device(name, opt.device),
+                            spinning=opt.spinning, opt_level=opt.opt_level, streams=streams,
+                            input_shape=shapes[batch])
+                        config = Config(model, name, precision, batch, mode, shapes[batch], options)
+                        if config.key not in seen:
+                            seen.add(config.key)
+                            configs.append(config)
+    if not configs:
+        raise UserError("nothing to profile: " + "; ".join(skipped or ["no configuration was asked for"]))
+    return configs, skipped
+
+
+def _unsupported(model: ModelInput, backend: str, precision: str) -> str | None:
+    if precision == "int8" and not model.quantized:
+        return "the model has no Q/DQ nodes (run vmlp-deploy quantize first)"
+    if precision != "int8" and precision not in BACKENDS[backend].precisions:
+        return f"{backend} runs {', '.join(BACKENDS[backend].precisions)} (and int8 from Q/DQ models)"
+    if backend == "tensorrt" and model.quantized and precision in ("f16", "bf16"):
+        return "a Q/DQ model runs int8 on TensorRT; its float parts stay f32"
+    return None
+
+
+def _device(backend: str, device: str) -> str:
+    """--device picks the OpenVINO device; ONNX Runtime here is always CPU, TensorRT always the GPU."""
+    return device if backend == "openvino" else ("CPU" if backend == "cpu" else "GPU")
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _busy_machine(env: dict[str, Any]) -> str | None:
+    """Record the load average after measuring; warn when other processes were competing for the CPUs
+    (our own threads account for at most one run queue entry per usable CPU)."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    env["load_average_after"] = list(os.getloadavg())
+    cpus = env.get("usable_cpus") or 1
+    if env["load_average_after"][0] > cpus + 1:
+        return (f"the 1-minute load average was {env['load_average_after'][0]:.1f} on {cpus} CPUs while measuring: "
+                "other processes competed for the CPUs, so absolute times are inflated (ratios of interleaved "
+                "runs hold better)")
+    return None
+
+
+def _peak_precision(config: Config) -> str:
+    return "int8" if config.model.quantized else config.precision
+
+
+def _norm(precision: str) -> str:
+    return PRECISION_ALIASES.get(precision.lower(), precision)
+
+
+def default_output_dir() -> Path:
+    return Path("out") / f"profile-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def profile_models(
+    inputs: Sequence[str],
+    options: ProfileOptions,
+    out_dir: Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    on_measure: Callable[[float], None] | None = None,
+) -> ProfileResult:
+    """Profile every input on every requested backend/precision/batch/mode; write the run directory."""
+    options.check()
+    progress = progress or Quiet()
+    out = out_dir or default_output_dir()
+    check_output_dir(out, overwrite)
+    if not inputs:
+        raise UserError("nothing to profile: pass run directories, .onnx/.xml files or zoo model names")
+    models = resolve_inputs(inputs, tiny=options.tiny, sample_shape=options.input_shape, progress=progress)
+    configs, skipped = plan_configs(models, options)
+    env = environment.capture()
+
+    peaks: dict[tuple[str, str, str], Peak] = {}
+    if options.peak:
+        for c in configs:
+            pk = (c.backend, _peak_precision(c), c.options.device)
+            if pk not in peaks:
+                with progress.step(f"Peak: {options.peak_size}x{options.peak_size} GEMM on {c.backend} "
+                                   f"({pk[1]}, {c.options.threads} threads)"):
+                    peaks[pk] = measure_peak(c.backend, pk[1], c.options, options.peak_size)
+                progress.note(f"{peaks[pk].gops:.1f} GOPS (ran {peaks[pk].precision_used})")
+
+    rng = np.random.default_rng(options.seed)
+    inputs_by_shape: dict[tuple[int, ...], np.ndarray] = {}
+    sessions, probes, load_s = [], [], []
+    with progress.step(f"Loading {len(configs)} configuration(s)"):
+        for c in configs:
+            x = inputs_by_shape.setdefault(c.shape, rng.standard_normal(c.shape, dtype=np.float32))
+            start = time.perf_counter()
+            session = BACKENDS[c.backend].load(c.model.path, c.options)
+            load_s.append(time.perf_counter() - start)
+            sessions.append(session)
+            if c.mode == "latency":
+                probes.append(Probe(c.key, c.batch, c.mode, timer=session.timer(x)))
+            else:
+                probes.append(Probe(c.key, c.batch, c.mode, concurrent=session.concurrent(x),
+                                    requests=c.options.streams))
+    plan = options.plan
+    what = f"{plan.iterations} iterations" if plan.iterations is not None else f"{plan.duration_s:g} s"
+    with progress.step(f"Measuring {len(configs)} configuration(s) interleaved, {what} each"):
+        samples = measure(probes, plan, on_measure)
+    busy = _busy_machine(env)
+    described = [s.describe() for s in sessions]
+    del sessions, probes
+
+    breakdowns: dict[str, dict[str, Any]] = {}
+    if options.layer_runs > 0:
+        for c in configs:
+            lk = f"{c.model.label}|{c.backend}|{c.precision}|{c.batch}"
+            if lk in breakdowns:
+                continue
+            with progress.step(f"Per-layer profile: {c.model.label} on {c.backend} ({c.label}, batch {c.batch})"):
+                session = BACKENDS[c.backend].load(c.model.path, replace(c.options, profiling=True, streams=1))
+                x = inputs_by_shape[c.shape]
+                for _ in range(2):
+                    session.run(x)
+                layers = session.layer_times(x, options.layer_runs)
+                breakdowns[lk] = aggregate(layers, options.layer_runs, options.top).to_dict()
+
+    warnings: list[str] = [busy] if busy else []
+    records = []
+    for c, s, info, loaded in zip(configs, samples, described, load_s, strict=True):
+        lk = f"{c.model.label}|{c.backend}|{c.precision}|{c.batch}"
+        peak = peaks.get((c.backend, _peak_precision(c), c.options.device))
+        record = _record(c, s, info, loaded, peak, breakdowns.get(lk), options)
+        warnings.extend(record["warnings"])
+        records.append(record)
+
+    result = ProfileResult(out, records, [p.to_dict() for p in peaks.values()], env, skipped, warnings, {})
+    with progress.step(f"Writing {out}"), staged_dir(out, overwrite) as tmp:
+        result.files = write_outputs(tmp, result, options, models, command=" ".join(sys.argv),
+                                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return result
+
+
+def _record(c: Config, s: Samples, info: dict[str, Any], load_s: float, peak: Peak | None,
+            layers: dict[str, Any] | None, opt: ProfileOptions) -> dict[str, Any]:
+    stats = latency_stats(s.latencies_s)
+    ips = throughput(s, c.batch)
+    macs = c.model.macs
+    if c.mode == "latency" and stats is not None:
+        achieved = 2.0 * macs * c.batch / (stats.median / 1e3) / 1e9 if macs else None
+    else:
+        achieved = 2.0 * macs * ips / 1e9 if macs else None
+    inference_precision = _norm(str(info.get("precision", c.precision)))
+    effective = precision_label(inference_precision, c.model.quantized) if c.backend != "tensorrt" \
+        else inference_precision
+    value, metric = spread(s)
+    warnings = []
+    if value > opt.spread_threshold:
+        warnings.append(f"{c.key}: run-to-run spread is high ({metric} {value:.1%} > {opt.spread_threshold:.1%}); "
+                        "close other programs, pin the CPU frequency, or measure longer (--duration)")
+    if c.backend != "cpu" and not c.model.quantized and inference_precision != c.precision:
+        warnings.append(f"{c.key}: {c.backend} ran {inference_precision} although {c.precision} was requested")
+    return {
+        "model": c.model.label,
+        "model_spec": c.model.spec,
+        "model_path": str(c.model.path),
+        "model_name": c.model.model_name,
+        "backend": c.backend,
+        "device": info.get("device", c.options.device),
+        "precision": effective,
+        "precision_requested": c.precision,
+        "inference_precision": inference_precision,
+        "quantized": c.model.quantized,
+        "batch": c.batch,
+        "mode": c.mode,
+        "input_shape": list(c.shape),
+        "params": c.model.params,
+        "macs_per_image": macs,
+        "macs_source": c.model.macs_source,
+        "settings": {**info, "requested": {k: v for k, v in c.options.to_dict().items() if k != "extra"}},
+        "load_s": load_s,
+        "first_inference_ms": s.first_s * 1e3,
+        "warmup": {"inferences": s.warmup_inferences, "seconds": s.warmup_s},
+        "iterations": s.inferences,
+        "measured_s": s.measured_s,
+        "latency_ms": stats.to_dict() if stats else None,
+        "throughput_images_per_s": ips,
+        "achieved_gops": achieved,
+        "peak": None if peak is None else {"gops": peak.gops, "precision_used": peak.precision_used,
+                                           "size": peak.size},
+        "peak_percent": None if peak is None or achieved is None else 100.0 * achieved / peak.gops,
+        "spread": {"value": value, "metric": metric, "threshold": opt.spread_threshold,
+                   "warning": value > opt.spread_threshold},
+        "layers": layers,
+        "warnings": warnings,
+    }
