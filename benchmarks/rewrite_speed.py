@@ -2,7 +2,9 @@
 
 Both graphs come from the same PyTorch model and are simplified with onnxsim; the only difference is the
 shift->grouped-conv rewrite. Runs are interleaved (one inference of each configuration per round) so that
-machine noise hits both alike; the figures are medians.
+machine noise hits both alike; the figures are medians. ``--ablation`` adds pass variants built from the
+naive export (``shift_only``: no layout pass; ``edge_mask``: edge borders as zero-padded Conv + mask),
+timed in the same rounds, so the pass options can be compared under the same load.
 
     python benchmarks/rewrite_speed.py --model s2mlpv2_small --iterations 60 --out benchmarks/results/rewrite_s2mlpv2_small.json
 """
@@ -26,6 +28,7 @@ import openvino as ov
 from vmlp_deploy.export import ExportOptions, environment, export_model
 from vmlp_deploy.model import load_model
 from vmlp_deploy.onnx_io import op_histogram
+from vmlp_deploy.passes import optimize_model
 
 SHIFT_OPS = ("ScatterND", "Slice", "Concat", "Pad", "Where", "Expand")
 
@@ -59,11 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--ablation", action="store_true", help="also time pass variants (see module doc)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
     lm = load_model(args.model, tiny=args.tiny)
-    work = Path(tempfile.mkdtemp(prefix="vmlp-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="vmlp-bench-")  # removed at exit: ~200 MB per full-size model
+    work = Path(scratch.name)
     paths: dict[str, Path] = {}
     graphs: dict[str, dict] = {}
     for variant, rewrite in (("naive", False), ("rewritten", True)):
@@ -74,6 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         graphs[variant] = {"nodes": len(model.graph.node), "ops": hist,
                            "shift_ops": {k: hist.get(k, 0) for k in SHIFT_OPS}}
         print(f"{variant}: {len(model.graph.node)} nodes", file=sys.stderr)
+    if args.ablation:
+        naive_model = onnx.load(str(paths["naive"]))
+        for variant, options in (("shift_only", {"layout": False}), ("edge_mask", {"edge": "mask"})):
+            model = optimize_model(naive_model, **options).model
+            paths[variant] = work / f"{variant}.onnx"
+            onnx.save(model, str(paths[variant]))
+            hist = op_histogram(model)
+            graphs[variant] = {"nodes": len(model.graph.node), "ops": hist,
+                               "shift_ops": {k: hist.get(k, 0) for k in SHIFT_OPS}}
+            print(f"{variant}: {len(model.graph.node)} nodes", file=sys.stderr)
 
     x = np.random.default_rng(0).standard_normal((1, 3, *lm.input_size), dtype=np.float32)
     runners: dict[str, Callable[[np.ndarray], object]] = {}
@@ -99,13 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for backend in ("ort_fp32", "ov_default", "ov_f32"):
         naive, rewritten = medians[f"{backend}/naive"], medians[f"{backend}/rewritten"]
-        rows.append({
+        row = {
             "backend": backend,
             "precision": precisions.get(f"{backend}/naive", "f32"),
             "naive_ms": round(naive, 2),
             "rewritten_ms": round(rewritten, 2),
             "ratio": round(rewritten / naive, 3),
-        })
+        }
+        for variant in paths.keys() - {"naive", "rewritten"}:
+            row[f"{variant}_ratio"] = round(medians[f"{backend}/{variant}"] / naive, 3)
+        rows.append(row)
     report = {
         "model": args.model,
         "tiny": args.tiny,
@@ -120,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     for r in rows:
         print(f"{r['backend']:>11} ({r['precision']}): naive {r['naive_ms']:.2f} ms, rewritten "
-              f"{r['rewritten_ms']:.2f} ms, ratio {r['ratio']:.3f}")
+              f"{r['rewritten_ms']:.2f} ms, ratio {r['ratio']:.3f}"
+              + "".join(f", {k} {v:.3f}" for k, v in r.items() if k.endswith("_ratio")))
     print(f"nodes: naive {graphs['naive']['nodes']}, rewritten {graphs['rewritten']['nodes']}, "
           f"ratio {report['node_ratio']:.3f}")
     if args.out:

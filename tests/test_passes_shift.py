@@ -265,7 +265,9 @@ def test_s2v2_mixer_merges_shifted_and_plain_branches_into_one_conv(exporter):
     (site,) = result.patterns
     assert site.plan.c_out == 3 * c  # both shifted thirds and the plain third in one grouped Conv
     assert site.plan.shift_histogram()["+0,+0"] == c
-    assert result.ops_after["Conv"] == 1
+    grouped = [n for n in result.model.graph.node if n.op_type == "Conv"
+               and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert len(grouped) == 1  # (the Linear before it may have become a 1x1 Conv: see test_passes_layout)
 
 
 def test_stacked_blocks_each_rewritten_and_report_is_complete():

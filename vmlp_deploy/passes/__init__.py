@@ -9,8 +9,9 @@ Usage::
 
 Modules, one idea each: :mod:`.canonicalize` (prove static shapes), :mod:`.regions` (find sub-graphs that
 only move data), :mod:`.probe` (measure their exact copy map), :mod:`.shift_to_conv` (the shift rewrite),
-:mod:`.transpose_cleanup` (cancel layout changes), :mod:`.verify` (ONNX Runtime comparison) and
-:mod:`.optimize` (the pipeline).
+:mod:`.transpose_cleanup` (cancel layout changes), :mod:`.layout` (move the remaining Transposes to the
+narrowest tensors: MatMul -> 1x1 Conv, sinking through elementwise ops and reductions), :mod:`.verify`
+(ONNX Runtime comparison) and :mod:`.optimize` (the pipeline).
 """
 
 from .optimize import OptimizeResult, optimize_model

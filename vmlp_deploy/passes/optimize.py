@@ -1,4 +1,4 @@
-"""The pass pipeline: canonicalise -> find and prove shift regions -> rewrite -> clean up -> verify.
+"""The pass pipeline: canonicalise -> find and prove shift regions -> rewrite -> clean up -> layout -> verify.
 
 Each rewrite is checked twice: alone (region vs replacement, on random inputs, when it is planned) and in
 the whole model (original vs rewritten, ONNX Runtime, seeded random inputs). A whole-model failure is
@@ -18,9 +18,17 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from ._graph import model_histogram
+from ._graph import infer_shapes, model_histogram
 from .canonicalize import canonicalize
-from .shift_to_conv import RewriteRolledBack, ShiftSite, SkippedRegion, apply_shift_sites, find_shift_sites
+from .layout import LayoutStats, optimize_layout
+from .shift_to_conv import (
+    EDGE_DEFAULT,
+    RewriteRolledBack,
+    ShiftSite,
+    SkippedRegion,
+    apply_shift_sites,
+    find_shift_sites,
+)
 from .transpose_cleanup import CleanupStats, cleanup_layout
 from .verify import Verification, compare_models
 
@@ -39,6 +47,7 @@ class OptimizeResult:
     rolled_back: list[str]
     skipped: list[SkippedRegion] = dataclasses.field(default_factory=list)
     cleanup: CleanupStats = dataclasses.field(default_factory=CleanupStats)
+    layout: LayoutStats | None = None
     seconds: float = 0.0
 
     @property
@@ -67,6 +76,7 @@ class OptimizeResult:
             "rolled_back": list(self.rolled_back),
             "skipped": [{"output": s.y_name, "reason": s.reason, "ops": s.region_ops} for s in self.skipped],
             "cleanup": dataclasses.asdict(self.cleanup),
+            "layout": dataclasses.asdict(self.layout) if self.layout else None,
             "seconds": round(self.seconds, 3),
         }
 
@@ -87,6 +97,10 @@ class OptimizeResult:
             lines.append(f"  Transposes left: {self.ops_after.get('Transpose', 0)} "
                          f"(before: {self.ops_before.get('Transpose', 0)}; cleanup folded/cancelled "
                          f"{self.cleanup.transposes_folded + self.cleanup.transposes_cancelled})")
+        if self.layout is not None and self.layout.total:
+            lines.append(f"  layout: {self.layout.hoisted_into_conv} MatMul->1x1 Conv, {self.layout.sunk} sunk, "
+                         f"{self.layout.to_reshape} -> Reshape; Transpose elements moved "
+                         f"{self.layout.elements_moved_before} -> {self.layout.elements_moved_after}")
         if self.verification is not None:
             lines.append("  " + self.verification.summary())
         for item in self.rolled_back:
@@ -96,13 +110,18 @@ class OptimizeResult:
         return lines
 
 
-def _rewrite(work_proto: onnx.ModelProto, sites: Sequence[ShiftSite]) -> tuple[onnx.ModelProto, CleanupStats]:
+def _rewrite(work_proto: onnx.ModelProto, sites: Sequence[ShiftSite], *, edge: str,
+             layout: bool) -> tuple[onnx.ModelProto, CleanupStats, LayoutStats | None]:
     model = ir.from_proto(work_proto)
-    apply_shift_sites(model, sites)
+    apply_shift_sites(model, sites, edge=edge)
     common_passes.RemoveUnusedNodesPass()(model)
     stats = cleanup_layout(model)
+    layout_stats = None
+    if layout:  # the layout rules need the shapes of the values the rewrite just created
+        model = infer_shapes(ir.serde.serialize_model(model))
+        layout_stats = optimize_layout(model)
     model.graph.sort()
-    return ir.serde.serialize_model(model), stats
+    return ir.serde.serialize_model(model), stats, layout_stats
 
 
 def optimize_model(
@@ -113,6 +132,8 @@ def optimize_model(
     progress: bool = False,
     max_shift: int = 3,
     n_samples: int = 3,
+    edge: str = EDGE_DEFAULT,
+    layout: bool = True,
 ) -> OptimizeResult:
     """Replace every shift idiom in ``model`` by Pad + depthwise Conv, verified against the original.
 
@@ -125,6 +146,11 @@ def optimize_model(
         progress: print progress to stderr.
         max_shift: largest shift (in pixels) turned into a kernel tap; larger shifts are left alone.
         n_samples: random inputs for the whole-model verification.
+        edge: how edge-replicate borders are written: ``"pad"`` (``Pad(mode=edge)``, the default: measured
+            faster in both ONNX Runtime and OpenVINO) or ``"mask"`` (zero-padded Conv + ``x * mask``, exact
+            for one-pixel shifts). See :func:`.shift_to_conv.emit`.
+        layout: run :mod:`.layout` after the rewrite (narrow and cancel the Transposes around each site).
+            When the whole model then fails verification the layout pass alone is dropped first.
 
     Returns:
         :class:`OptimizeResult`. When nothing is rewritten, ``result.model is model``.
@@ -137,7 +163,8 @@ def optimize_model(
         log(f"canonicalising ({nodes_before} nodes)")
     work = canonicalize(model)
     work_proto = ir.serde.serialize_model(work)
-    sites, skipped, rolled_back = find_shift_sites(work, max_shift=max_shift, seed=seed, check=True, progress=log)
+    sites, skipped, rolled_back = find_shift_sites(work, max_shift=max_shift, seed=seed, check=True, progress=log,
+                                                   edge=edge)
 
     def unchanged(verification: Verification | None = None) -> OptimizeResult:
         return OptimizeResult(model, [], nodes_before, nodes_before, ops_before, dict(ops_before), verification,
@@ -147,12 +174,19 @@ def optimize_model(
         return unchanged()
     if log:
         log(f"rewriting {len(sites)} site(s)")
-    rewritten, stats = _rewrite(work_proto, sites)
+    rewritten, stats, layout_stats = _rewrite(work_proto, sites, edge=edge, layout=layout)
     verification = None
     if verify:
         verification = compare_models(model, rewritten, n_samples=n_samples, seed=seed)
+        if not verification.passed and layout_stats is not None and layout_stats.total:
+            message = "rolled back the layout pass: whole-model outputs changed beyond round-off"
+            warnings.warn(message, RewriteRolledBack, stacklevel=2)
+            rolled_back.append(message)
+            layout = False
+            rewritten, stats, layout_stats = _rewrite(work_proto, sites, edge=edge, layout=False)
+            verification = compare_models(model, rewritten, n_samples=n_samples, seed=seed)
         if not verification.passed:
-            bad = _bisect(model, work_proto, sites, seed, n_samples)
+            bad = _bisect(model, work_proto, sites, seed, n_samples, edge)
             for site in bad:
                 message = f"rolled back {site.describe()}: whole-model outputs changed beyond round-off"
                 warnings.warn(message, RewriteRolledBack, stacklevel=2)
@@ -160,7 +194,7 @@ def optimize_model(
             sites = [s for s in sites if s not in bad]
             if not sites:
                 return unchanged(verification)
-            rewritten, stats = _rewrite(work_proto, sites)
+            rewritten, stats, layout_stats = _rewrite(work_proto, sites, edge=edge, layout=layout)
             verification = compare_models(model, rewritten, n_samples=n_samples, seed=seed)
             if not verification.passed:  # should not happen; refuse to write anything unverified
                 message = "rolled back all rewrites: verification still fails after bisection"
@@ -179,16 +213,17 @@ def optimize_model(
         rolled_back=rolled_back,
         skipped=skipped,
         cleanup=stats,
+        layout=layout_stats,
         seconds=time.perf_counter() - start,
     )
 
 
 def _bisect(original: onnx.ModelProto, work_proto: onnx.ModelProto, sites: list[ShiftSite], seed: int,
-            n_samples: int) -> list[ShiftSite]:
+            n_samples: int, edge: str) -> list[ShiftSite]:
     """Sites that make the whole model differ (assuming sites fail independently)."""
 
     def ok(subset: list[ShiftSite]) -> bool:
-        rewritten, _ = _rewrite(work_proto, subset)
+        rewritten, _, _ = _rewrite(work_proto, subset, edge=edge, layout=False)
         return compare_models(original, rewritten, n_samples=n_samples, seed=seed).passed
 
     bad: list[ShiftSite] = []

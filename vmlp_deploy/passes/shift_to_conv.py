@@ -52,6 +52,11 @@ logger = logging.getLogger("vmlp_deploy.passes")
 
 #: Largest region (elements) that is probed; bigger ones are left alone.
 MAX_PROBE_ELEMENTS = 1 << 26
+#: How edge-replicate borders are written (see :func:`emit`). ``pad`` is the default: on full-size
+#: S2-MLPv2 (benchmarks/rewrite_speed.py) ``Pad(edge)`` cost less than the mask's extra Mul + Add in
+#: both ONNX Runtime (6 vs 11 ms kernel time) and OpenVINO (0.6 vs 3 ms).
+EDGE_MODES = ("mask", "pad")
+EDGE_DEFAULT = "pad"
 #: Regions tried below a failing one (per maximal region).
 _DESCENT_BUDGET = 6
 
@@ -123,9 +128,39 @@ def _pad(b: _Builder, cur: ir.Value, mode: str, pads_hw: tuple[int, int, int, in
     return b.op("Pad", inputs, "pad", mode=mode)
 
 
+def _edge_masks(plan: ShiftPlan, dtype) -> list[np.ndarray] | None:
+    """0/1 masks (C, H, 1) and (C, 1, W) marking where a channel's source falls off the map, or None.
+
+    Edge replicate equals zero padding plus ``x * mask`` only where the clamped source is the output
+    position itself: every active channel moves by at most one pixel along at most one axis.
+    """
+    if plan.uniform or plan.mode_h not in (None, "edge") or plan.mode_w not in (None, "edge"):
+        return None
+    act = plan.active
+    dy, dx = np.asarray(plan.dy), np.asarray(plan.dx)
+    if (np.abs(dy[act]) + np.abs(dx[act]) > 1).any():
+        return None
+    _, c, h, w = plan.nchw
+    c = plan.c_out
+    rows, cols = np.arange(h), np.arange(w)
+    mask_h = np.zeros((c, h, 1), dtype=dtype)
+    mask_w = np.zeros((c, 1, w), dtype=dtype)
+    for ch in np.flatnonzero(act):
+        mask_h[ch, :, 0] = (rows + dy[ch] < 0) | (rows + dy[ch] >= h)
+        mask_w[ch, 0, :] = (cols + dx[ch] < 0) | (cols + dx[ch] >= w)
+    return [m for m in (mask_h, mask_w) if m.any()]
+
+
 def emit(graph: ir.Graph, x: ir.Value, plan: ShiftPlan, *, opset: int, prefix: str,
-         taken: set[str] | None = None) -> tuple[ir.Value, list[ir.Node]]:
-    """Build the replacement of ``y`` from ``x``; returns (new y, nodes to insert, in order)."""
+         taken: set[str] | None = None, edge: str = EDGE_DEFAULT) -> tuple[ir.Value, list[ir.Node]]:
+    """Build the replacement of ``y`` from ``x``; returns (new y, nodes to insert, in order).
+
+    ``edge="pad"`` writes edge-replicate borders with ``Pad(mode=edge)``. ``edge="mask"`` writes them as
+    ``Conv(pads=...)(x) + x * mask`` when that is exact (see :func:`_edge_masks`), for runtimes whose
+    edge-mode Pad is slower than a fused multiply-add (OpenVINO runs it as a reference kernel).
+    """
+    if edge not in EDGE_MODES:
+        raise ValueError(f"edge must be one of {EDGE_MODES}, not {edge!r}")
     dtype = x.dtype.numpy() if x.dtype is not None else np.dtype(np.float32)
     b = _Builder(graph, prefix, taken if taken is not None else set())
     n, _, h, w = plan.nchw
@@ -148,11 +183,13 @@ def emit(graph: ir.Graph, x: ir.Value, plan: ShiftPlan, *, opset: int, prefix: s
         top, left, bottom, right = max(0, -dy), max(0, -dx), max(0, dy), max(0, dx)
     else:
         top, left, bottom, right = -lo_h, -lo_w, hi_h, hi_w
-    if plan.mode_h == plan.mode_w or plan.mode_h is None or plan.mode_w is None:
+    masks = _edge_masks(plan, dtype) if edge == "mask" else None
+    unpadded = cur
+    if masks is None and (plan.mode_h == plan.mode_w or plan.mode_h is None or plan.mode_w is None):
         mode = plan.mode_h or plan.mode_w
         if mode is not None:
             cur = _pad(b, cur, mode, (top, left, bottom, right), plan.fill, opset, dtype)
-    else:
+    elif masks is None:
         cur = _pad(b, cur, plan.mode_h, (top, 0, bottom, 0), plan.fill, opset, dtype)
         cur = _pad(b, cur, plan.mode_w, (0, left, 0, right), plan.fill, opset, dtype)
     if plan.uniform:
@@ -171,7 +208,15 @@ def emit(graph: ir.Graph, x: ir.Value, plan: ShiftPlan, *, opset: int, prefix: s
             bias = np.zeros(c, dtype=dtype)
             bias[list(plan.const_channels)] = plan.const_values
             inputs.append(b.const(bias, "shift_bias"))
-        cur = b.op("Conv", inputs, "shift_conv", group=c, kernel_shape=[kh, kw])
+        if masks is None:
+            cur = b.op("Conv", inputs, "shift_conv", group=c, kernel_shape=[kh, kw])
+        else:
+            cur = b.op("Conv", inputs, "shift_conv", group=c, kernel_shape=[kh, kw],
+                       pads=[top, left, bottom, right])
+            mask = b.const(masks[0], "edge_mask")
+            if len(masks) == 2:  # stored factored; runtimes fold the sum into one (C, H, W) constant
+                mask = b.op("Add", [mask, b.const(masks[1], "edge_mask")], "edge_mask_sum")
+            cur = b.op("Add", [cur, b.op("Mul", [unpadded, mask], "edge_fix")], "edge_out")
     target = (n, *plan.y_chan_shape, h, w)
     if target != (n, c, h, w):
         cur = b.op("Reshape", [cur, b.const(np.array(target, dtype=np.int64), "shape")], "from_nchw_reshape")
@@ -183,11 +228,11 @@ def emit(graph: ir.Graph, x: ir.Value, plan: ShiftPlan, *, opset: int, prefix: s
 
 
 def replacement_model(plan: ShiftPlan, x_name: str, x_dtype: ir.DataType, *, opset_imports: dict[str, int],
-                      ir_version: int = 8) -> onnx.ModelProto:
+                      ir_version: int = 8, edge: str = EDGE_DEFAULT) -> onnx.ModelProto:
     """The replacement alone, as a model with the region's input and output."""
     x = ir.val(x_name, x_dtype, list(plan.x_shape))
     graph = ir.Graph([x], [], nodes=[], opset_imports=dict(opset_imports), name="replacement")
-    y, nodes = emit(graph, x, plan, opset=opset_imports.get("", 0), prefix="shift", taken={x_name})
+    y, nodes = emit(graph, x, plan, opset=opset_imports.get("", 0), prefix="shift", taken={x_name}, edge=edge)
     if y is x:
         node = ir.node("Identity", [x], name="identity")
         nodes.append(node)
@@ -264,9 +309,11 @@ def _outputs_close(a: np.ndarray, b: np.ndarray) -> tuple[bool, float]:
 
 
 def check_site(region_proto: onnx.ModelProto, plan: ShiftPlan, x_name: str, x_dtype: ir.DataType, *,
-               opset_imports: dict[str, int], ir_version: int, seed: int) -> tuple[bool, float]:
+               opset_imports: dict[str, int], ir_version: int, seed: int,
+               edge: str = EDGE_DEFAULT) -> tuple[bool, float]:
     """Run region and replacement on random inputs; (equal within round-off, max abs diff)."""
-    replacement = replacement_model(plan, x_name, x_dtype, opset_imports=opset_imports, ir_version=ir_version)
+    replacement = replacement_model(plan, x_name, x_dtype, opset_imports=opset_imports, ir_version=ir_version,
+                                    edge=edge)
     sess_a, sess_b = make_session(region_proto), make_session(replacement)
     rng = np.random.default_rng(seed)
     worst = 0.0
@@ -280,7 +327,7 @@ def check_site(region_proto: onnx.ModelProto, plan: ShiftPlan, x_name: str, x_dt
 
 
 def find_shift_sites(model: ir.Model, *, max_shift: int = 3, seed: int = 0, check: bool = True,
-                     progress=None) -> tuple[list[ShiftSite], list[SkippedRegion], list[str]]:
+                     progress=None, edge: str = EDGE_DEFAULT) -> tuple[list[ShiftSite], list[SkippedRegion], list[str]]:
     """Find and prove every shift region of ``model`` (which must carry inferred shapes).
 
     Returns (sites, skipped near-misses, rolled-back site descriptions). Nothing is modified.
@@ -312,7 +359,7 @@ def find_shift_sites(model: ir.Model, *, max_shift: int = 3, seed: int = 0, chec
             if key in done:
                 continue
             done.add(key)
-            result = _try_region(region, consts, model, opset, max_shift, seed, check)
+            result = _try_region(region, consts, model, opset, max_shift, seed, check, edge)
             if isinstance(result, ShiftSite):
                 sites.append(result)
                 break
@@ -335,7 +382,7 @@ class _CheckFailed:
 
 
 def _try_region(region: Region, consts: ConstInfo, model: ir.Model, opset: int, max_shift: int, seed: int,
-                check: bool) -> ShiftSite | _CheckFailed | str:
+                check: bool, edge: str) -> ShiftSite | _CheckFailed | str:
     """A proven and checked site, a site whose replacement failed its check, or why it is no site."""
     x_shape = static_shape(region.x)
     if x_shape is None:
@@ -361,7 +408,7 @@ def _try_region(region: Region, consts: ConstInfo, model: ir.Model, opset: int, 
     site = ShiftSite(region.x.name, region.y.name, plan, region.ops)
     if check:
         ok, diff = check_site(proto, plan, region.x.name, region.x.dtype, opset_imports=emit_opsets,
-                              ir_version=max(model.ir_version, 9 if opset >= 19 else 0), seed=seed)
+                              ir_version=max(model.ir_version, 9 if opset >= 19 else 0), seed=seed, edge=edge)
         site.check_max_abs_diff = diff
         if not ok:
             return _CheckFailed(f"rolled back {site.describe()}: replacement differs from the original by {diff:g}")
@@ -374,7 +421,7 @@ def emission_opset(model: ir.Model) -> int:
     return 19 if opset < 19 and can_raise_opset(model, 19) else opset
 
 
-def apply_shift_sites(model: ir.Model, sites: Sequence[ShiftSite]) -> int:
+def apply_shift_sites(model: ir.Model, sites: Sequence[ShiftSite], *, edge: str = EDGE_DEFAULT) -> int:
     """Replace each site's output in ``model`` (found by value name); returns how many were applied.
 
     Raises the model's default opset to 19 when a circular site needs ``Pad(mode=wrap)`` and that is
@@ -398,7 +445,7 @@ def apply_shift_sites(model: ir.Model, sites: Sequence[ShiftSite]) -> int:
         x, y = values.get(site.x_name), values.get(site.y_name)
         if x is None or y is None or y.producer() is None:
             continue
-        new_y, nodes = emit(graph, x, site.plan, opset=opset, prefix=f"shift{k}", taken=taken)
+        new_y, nodes = emit(graph, x, site.plan, opset=opset, prefix=f"shift{k}", taken=taken, edge=edge)
         if y.is_graph_output() and (new_y is x or new_y.is_graph_output() or new_y.is_graph_input()):
             node = ir.node("Identity", [new_y], name=f"shift{k}/identity")
             nodes.append(node)
