@@ -261,7 +261,8 @@ def profile_models(
     check_output_dir(out, overwrite)
     if not inputs:
         raise UserError("nothing to profile: pass run directories, .onnx/.xml files or zoo model names")
-    models = resolve_inputs(inputs, tiny=options.tiny, sample_shape=options.input_shape, progress=progress)
+    models = resolve_inputs(inputs, tiny=options.tiny, sample_shape=options.input_shape, batches=options.batches,
+                            progress=progress)
     configs, skipped = plan_configs(models, options)
     env = environment.capture()
 
