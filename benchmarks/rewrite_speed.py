@@ -51,7 +51,7 @@ def ov_runner(path: Path, threads: int, precision: str | None) -> tuple[Callable
         config["INFERENCE_PRECISION_HINT"] = precision
     compiled = core.compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
-    used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     return (lambda x: request.infer({0: x})), used
 
 
