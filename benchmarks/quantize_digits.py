@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({
                 "model": f"{config} ({dg.CONFIGS[config][0]} overrides)", "params": params,
                 "train_s": round(train_s, 1), "backend": backend, "test_images": a.images,
-                "top1_fp32": round(100 * a.top1_fp32, 2), "top1_int8": round(100 * a.top1_int8, 2),
-                "delta_points": round(a.delta_points, 2), "top1_agreement_heldout": r.fidelity.logits.top1_agreement,
-                "logits_sqnr_db": round(r.fidelity.logits.sqnr_db, 1), "quantize_s": round(time.perf_counter() - start, 1),
-                "within_1_point": abs(a.delta_points) <= 1.0,
+                "top1_fp32": round(100 * float(a.top1_fp32), 2), "top1_int8": round(100 * float(a.top1_int8), 2),
+                "delta_points": round(float(a.delta_points), 2), "top1_agreement_heldout": float(r.fidelity.logits.top1_agreement),
+                "logits_sqnr_db": round(float(r.fidelity.logits.sqnr_db), 1), "quantize_s": round(time.perf_counter() - start, 1),
+                "within_1_point": bool(abs(a.delta_points) <= 1.0),
             })
     print(f"{'model':<10}{'backend':<10}{'FP32 %':>8}{'INT8 %':>8}{'Δ pts':>7}{'SQNR dB':>9}{'train s':>9}"
           f"{'quant s':>9}")

@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_optimize)
 
     from .profile.cli import add_parser as add_profile
+    from .quantize.cli import add_parser as add_quantize
+
+    add_quantize(sub)
     add_profile(sub)
     return parser
 

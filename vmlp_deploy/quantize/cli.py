@@ -1,0 +1,137 @@
+"""Argument parsing for `vmlp-deploy quantize`: parse, call :func:`quantize_run`, print its result."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .options import BACKEND_NAMES, METHODS, MODEL_TYPES, QuantizeOptions, RecipeOverrides
+
+if TYPE_CHECKING:
+    from .stage import QuantizeResult
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected 'auto' or comma-separated node names / op types")
+    return names
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="INT8 post-training quantization for ONNX Runtime, OpenVINO or TensorRT, fidelity always measured",
+        description="Quantize an exported run directory (or a bare .onnx) to INT8 with calibration data "
+                    "preprocessed by the model's own recipe; writes a new run directory with the model, "
+                    "manifest.json and quantize.md (fidelity vs FP32 on held-out samples).",
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory from `vmlp-deploy export`, or an .onnx")
+    p.add_argument("--backend", "-b", choices=BACKEND_NAMES, required=True,
+                   help="cpu: ONNX Runtime QDQ; openvino: NNCF -> OpenVINO IR; tensorrt: explicit Q/DQ ONNX")
+    p.add_argument("-o", "--output", type=Path, metavar="DIR", help="output run directory "
+                   "(default <RUN_DIR>-int8-<backend>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    data = p.add_argument_group("calibration data")
+    data.add_argument("--calibration-data", type=Path, metavar="DIR",
+                      help="images (searched recursively) or .npy/.npz tensors; default: crops of the embedded "
+                           "photographs (a smoke test: your own data calibrates better)")
+    data.add_argument("--num-samples", type=int, default=300, help="calibration samples (default 300, like NNCF)")
+    data.add_argument("--holdout", type=int, default=50,
+                      help="samples held out of calibration to measure fidelity on (default 50)")
+    data.add_argument("--seed", type=int, default=0, help="seed of the shuffle and the embedded crops (default 0)")
+    data.add_argument("--allow-upscale", action="store_true",
+                      help="accept images smaller than the model's crop (they are enlarged; skipped otherwise)")
+    recipe = p.add_argument_group("preprocessing (for models without a manifest, or to replace its recipe)")
+    recipe.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="per-channel mean (0..1 scale)")
+    recipe.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="per-channel std (0..1 scale)")
+    recipe.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="center crop = model input size")
+    recipe.add_argument("--resize", type=int, metavar="N", help="resize the shorter side to N before the crop")
+    recipe.add_argument("--interpolation", choices=["nearest", "bilinear", "bicubic", "lanczos"],
+                        help="resize filter (default bicubic)")
+    recipe.add_argument("--recipe", type=Path, metavar="FILE",
+                        help="JSON/TOML with input_size, mean, std, resize or crop_pct, interpolation")
+    method = p.add_argument_group("quantization")
+    method.add_argument("--method", choices=METHODS, default="minmax",
+                        help="activation ranges: minmax (global, default), entropy (cpu/tensorrt), percentile")
+    method.add_argument("--percentile", type=float, default=99.999,
+                        help="percentile for --method percentile (default 99.999)")
+    method.add_argument("--keep-float", type=_names, default=(), metavar="auto|NAMES",
+                        help="leave layers in float: 'auto' keeps the most sensitive until --min-agreement is met, "
+                             "or comma-separated node names, globs or op types")
+    method.add_argument("--min-agreement", type=float, default=0.99,
+                        help="fidelity target: top-1 agreement with FP32 (default 0.99)")
+    method.add_argument("--sensitivity-rounds", type=int, default=8,
+                        help="budget of --keep-float auto: quantize-and-measure rounds (default 8)")
+    method.add_argument("--model-type", choices=MODEL_TYPES, default="auto",
+                        help="openvino: NNCF model type (auto: transformer for LayerNorm+MatMul graphs)")
+    method.add_argument("--smooth-quant-alpha", type=float, metavar="A",
+                        help="openvino, transformer models: SmoothQuant alpha for MatMuls, 0..1 (default off: it "
+                             "measured worse on the zoo's MLPs; NNCF's own default is 0.95)")
+    method.add_argument("--qdq-layernorm", action="store_true",
+                        help="tensorrt: also put Q/DQ on LayerNormalization inputs (off: TensorRT keeps LN float)")
+    p.add_argument("--eval-data", type=Path, metavar="DIR",
+                   help="ImageFolder (one folder per class, sorted names = class index): real top-1 of FP32 and INT8")
+    p.add_argument("--threads", type=int, help="threads for the fidelity and accuracy runs (default: all)")
+    p.set_defaults(func=_cmd_quantize)
+
+
+def _options(args: argparse.Namespace) -> QuantizeOptions:
+    return QuantizeOptions(
+        backend=args.backend, output=args.output, overwrite=args.overwrite, calibration_data=args.calibration_data,
+        num_samples=args.num_samples, holdout=args.holdout, seed=args.seed, method=args.method,
+        percentile=args.percentile, keep_float=args.keep_float, min_agreement=args.min_agreement,
+        sensitivity_rounds=args.sensitivity_rounds, model_type=args.model_type,
+        smooth_quant_alpha=args.smooth_quant_alpha, qdq_layernorm=args.qdq_layernorm, eval_data=args.eval_data,
+        allow_upscale=args.allow_upscale, threads=args.threads,
+        recipe=RecipeOverrides(
+            input_size=tuple(args.input_size) if args.input_size else None,
+            mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
+            resize=args.resize, interpolation=args.interpolation, recipe_file=args.recipe),
+    )
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from ..cli import console
+    from ..progress import Steps
+    from .stage import quantize_run
+
+    result = quantize_run(args.run_dir, _options(args), progress=Steps(console))
+    print_result(console, result)
+    return 0
+
+
+def print_result(console: Console, result: QuantizeResult) -> None:
+    f = result.fidelity.logits
+    c = result.calibration
+    table = Table(title=f"INT8 ({result.backend}) vs FP32 on {f.samples} held-out samples", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("top-1 agreement", f"{f.top1_agreement:.2%}")
+    table.add_row("top-5 agreement", f"{f.top5_agreement:.2%}")
+    table.add_row("logits cosine (mean / worst)", f"{f.cosine_mean:.5f} / {f.cosine_min:.5f}")
+    table.add_row("logits SQNR", f"{f.sqnr_db:.1f} dB")
+    if result.fidelity.worst_layers:
+        w = result.fidelity.worst_layers[0]
+        table.add_row("worst layer SQNR", f"{w.sqnr_db:.1f} dB ({w.op_type} {w.node})")
+    if result.accuracy is not None:
+        a = result.accuracy
+        table.add_row(f"top-1 accuracy on {a.images} images", f"FP32 {a.top1_fp32:.2%} / INT8 {a.top1_int8:.2%} "
+                      f"({a.delta_points:+.2f} pts)")
+    table.add_row("calibration", f"{c.calibration_samples} samples from {c.source}"
+                  + (f", {len(c.skipped_unreadable)} unreadable skipped" if c.skipped_unreadable else "")
+                  + (f", {len(c.skipped_too_small)} too small skipped" if c.skipped_too_small else ""))
+    table.add_row("kept in float", str(len(result.keep_float)) + (
+        f" ({', '.join(result.keep_float[:3])}{', ...' if len(result.keep_float) > 3 else ''})"
+        if result.keep_float else ""))
+    table.add_row("time / peak memory", f"{result.timings['total']:.1f} s / {result.peak_rss_mb:.0f} MB")
+    console.print(table)
+    for line in result.warnings:
+        console.print(Text.assemble(("warning: ", "yellow"), line), soft_wrap=True)
+    console.print(f"[bold]Quantized[/bold] {result.model_path}; manifest and quantize.md in {result.out_dir}",
+                  soft_wrap=True)

@@ -1,0 +1,92 @@
+"""``quantize.md``: the run's settings, calibration data, fidelity and accuracy in one readable page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .stage import QuantizeResult
+
+
+def _db(v: float | str) -> str:
+    return v if isinstance(v, str) else (f"{v:.1f}" if abs(v) != float("inf") else ("∞" if v > 0 else "-∞"))
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def render(r: QuantizeResult) -> str:
+    q = r.manifest["stages"]["quantize"]
+    f = r.fidelity.logits
+    lines = [f"# INT8 quantization: {r.manifest.get('model', {}).get('name', r.source.stem)} for {r.backend}", ""]
+    lines += [f"Source `{r.source}` → `{r.model_path.name}` in `{r.out_dir}`.", ""]
+    if r.warnings:
+        lines += ["**Warnings**", ""] + [f"- {w}" for w in r.warnings] + [""]
+    lines += ["## Fidelity (held-out samples, INT8 vs FP32)", ""]
+    lines += _table(["metric", "value"], [
+        ["samples (never used to calibrate)", f.samples],
+        ["top-1 agreement", f"{f.top1_agreement:.2%}"],
+        ["top-5 agreement (FP32 top-1 in INT8 top-5)", f"{f.top5_agreement:.2%}"],
+        ["logits cosine, mean / worst", f"{f.cosine_mean:.5f} / {f.cosine_min:.5f}"],
+        ["logits SQNR", f"{_db(f.sqnr_db)} dB"],
+        ["runtime, precision", f"{r.fidelity.runtime}, {r.fidelity.precision}"],
+    ])
+    if r.fidelity.worst_layers:
+        title = (f"### Ten worst layers by output SQNR ({r.fidelity.layers_measured} quantized layers, "
+                 f"{r.fidelity.layer_samples} samples; {r.fidelity.layer_method})")
+        lines += [title, ""]
+        lines += _table(["node", "op", "SQNR dB"],
+                        [[f"`{w.node}`", w.op_type, _db(w.sqnr_db)] for w in r.fidelity.worst_layers])
+    if r.accuracy is not None:
+        a = r.accuracy
+        lines += [f"## Accuracy on `{a.root}` ({a.images} images, {a.classes} classes, {a.skipped} unreadable)", ""]
+        lines += _table(["", "FP32", "INT8", "Δ points"], [
+            ["top-1", f"{a.top1_fp32:.2%}", f"{a.top1_int8:.2%}", f"{a.delta_points:+.2f}"],
+            ["top-5", f"{a.top5_fp32:.2%}", f"{a.top5_int8:.2%}", f"{100 * (a.top5_int8 - a.top5_fp32):+.2f}"],
+        ])
+    kf = q["keep_float"]
+    lines += ["## Layers kept in float", ""]
+    if kf["nodes"]:
+        lines += [f"{len(kf['nodes'])} ({kf['mode']}): " + ", ".join(f"`{n}`" for n in kf["nodes"]), ""]
+    else:
+        lines += [f"none ({kf['mode']})", ""]
+    if r.sensitivity is not None and len(r.sensitivity.history) > 1:
+        lines += _table(["layers in float", "top-1 agreement (calibration samples)"],
+                        [[k, f"{a:.2%}"] for k, a in r.sensitivity.history])
+    c = r.calibration
+    lines += ["## Calibration data", ""]
+    lines += _table(["", ""], [
+        ["source", c.source],
+        ["files found / used", f"{c.files_found} / {c.files_used}"],
+        ["images / tensors", f"{c.images} / {c.tensors}"],
+        ["calibration / held-out samples", f"{c.calibration_samples} / {c.held_out_samples}"],
+        ["skipped (unreadable / too small)", f"{len(c.skipped_unreadable)} / {len(c.skipped_too_small)}"],
+        ["seed", c.seed],
+        ["preprocessing", f"{q['preprocessing_source']}: {_recipe(r.manifest.get('preprocessing'))}"],
+        *([["note", c.note]] if c.note else []),
+    ])
+    lines += ["## Settings", ""]
+    lines += _table(["setting", "value"], [[k, f"`{v}`"] for k, v in r.settings.items()
+                                           if v not in (None, (), [], {}) and k != "recipe"])
+    if r.graph_check is not None:
+        lines += ["## TensorRT Q/DQ graph check (passed)", ""]
+        lines += _table(["check", "value"], [[k, v] for k, v in r.graph_check.items()])
+    lines += ["## Time and memory", ""]
+    lines += _table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in r.timings.items()])
+    lines += [f"Peak resident memory of the process: {r.peak_rss_mb:.0f} MB.", ""]
+    return "\n".join(lines)
+
+
+def _recipe(p: dict[str, Any] | None) -> str:
+    if not p:
+        return "none (tensors were already preprocessed)"
+    return (f"resize {p.get('resize_to')} ({p.get('interpolation')}), center crop {p.get('center_crop')}, "
+            f"mean {p.get('mean')}, std {p.get('std')}")
+
+
+def write_report(path: Path, result: QuantizeResult) -> None:
+    path.write_text(render(result))

@@ -1,0 +1,374 @@
+"""Stage 4: INT8 post-training quantization of an exported model for one backend, with fidelity always measured.
+
+``quantize_run`` reads a run directory (or a bare ONNX), loads calibration data with the model's own
+preprocessing, quantizes for ``cpu`` (ONNX Runtime QDQ), ``openvino`` (NNCF, OpenVINO IR) or ``tensorrt``
+(explicit Q/DQ ONNX), optionally keeps the most sensitive layers in float, measures the INT8 model against
+FP32 on held-out samples (and real accuracy on ``--eval-data``), and writes a new run directory atomically:
+the model, ``manifest.json`` (the source manifest plus ``stages.quantize``) and ``quantize.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import hashlib
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+
+from ..backends import BACKENDS, RunOptions, Session
+from ..errors import UserError
+from ..progress import Progress, Quiet
+from ..rundir import MANIFEST, check_output_dir, staged_dir, write_json
+from ._bar import bar
+from .data import DataStats, ImageFolder, SampleSet, load_directory, load_embedded
+from .fidelity import FidelityReport, compare_logits, layer_sqnr, ort_layer_probes, ov_layer_probes, run_all
+from .openvino_nncf import OpenVinoQuantizer, require_openvino
+from .options import QuantizeOptions
+from .ort_static import CPU_SCHEME, OrtQuantizer
+from .report import write_report
+from .sensitivity import SearchResult, rank_layers, search
+from .source import SourceModel, open_source, resolve_recipe
+from .tensorrt_qdq import TensorRtQuantizer, check_graph
+
+#: Calibration samples on which ``--keep-float auto`` measures agreement (held-out samples stay unseen).
+SEARCH_SAMPLES = 100
+#: Samples for the per-layer probes (every quantized layer's output is kept for one batch at a time).
+LAYER_SAMPLES = 16
+#: Samples for the sensitivity ranking (two float passes).
+RANK_SAMPLES = 16
+EMBEDDED_WARNING = ("no --calibration-data: calibrating on crops of the 8 embedded photographs; a few hundred "
+                    "images drawn from your own data calibrate better (--calibration-data DIR)")
+
+
+class Quantizer(Protocol):
+    """What each backend module provides: calibrate once, quantize (again) with some nodes kept in float."""
+
+    runtime: str
+    float_model: Path
+
+    def prepare(self, samples: np.ndarray, progress: Progress) -> None: ...
+
+    def quantize(self, keep_float: list[str], out_dir: Path) -> Path: ...
+
+    def quantized_consumers(self, int8_model: Path) -> list[str]: ...
+
+    def settings(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    """Real top-1/top-5 accuracy on an ImageFolder, FP32 and INT8 on the same backend."""
+
+    root: str
+    images: int
+    classes: int
+    skipped: int
+    top1_fp32: float
+    top1_int8: float
+    top5_fp32: float
+    top5_int8: float
+
+    @property
+    def delta_points(self) -> float:
+        return 100.0 * (self.top1_int8 - self.top1_fp32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"root": self.root, "images": self.images, "classes": self.classes, "skipped": self.skipped,
+                "top1_fp32": self.top1_fp32, "top1_int8": self.top1_int8, "top5_fp32": self.top5_fp32,
+                "top5_int8": self.top5_int8, "top1_delta_points": round(self.delta_points, 3)}
+
+
+@dataclass
+class QuantizeResult:
+    """Where the quantized model went, how it was made and how close it stays to FP32."""
+
+    out_dir: Path
+    model_path: Path
+    backend: str
+    source: Path
+    manifest: dict[str, Any]
+    settings: dict[str, Any]
+    calibration: DataStats
+    fidelity: FidelityReport
+    accuracy: AccuracyReport | None
+    keep_float: list[str]
+    sensitivity: SearchResult | None
+    graph_check: dict[str, Any] | None
+    timings: dict[str, float]
+    peak_rss_mb: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def default_output(path: Path, backend: str) -> Path:
+    """``<run_dir>-int8-<backend>`` beside the source run directory (or ONNX file)."""
+    base = path.with_suffix("") if path.is_file() else path
+    return base.with_name(f"{base.name}-int8-{backend}")
+
+
+def make_quantizer(source: SourceModel, options: QuantizeOptions, work: Path) -> Quantizer:
+    if options.backend == "cpu":
+        return OrtQuantizer(source, options, CPU_SCHEME, work)
+    if options.backend == "tensorrt":
+        return TensorRtQuantizer(source, options, work)
+    return OpenVinoQuantizer(source, options, work)
+
+
+def resolve_keep_float(patterns: tuple[str, ...], float_model: Path) -> list[str]:
+    """Node names matching each pattern (a node name, a glob on names, or an op type); each must match."""
+    nodes = onnx.load(str(float_model), load_external_data=False).graph.node
+    chosen: list[str] = []
+    for pattern in patterns:
+        hits = [n.name for n in nodes if n.op_type == pattern or fnmatch.fnmatchcase(n.name, pattern)]
+        if not hits:
+            examples = ", ".join(n.name for n in nodes[:3])
+            raise UserError(f"--keep-float {pattern!r} matches no node name or op type in the model "
+                            f"(names look like: {examples}; see the worst layers in quantize.md)")
+        chosen.extend(h for h in hits if h not in chosen)
+    return chosen
+
+
+def _load(quantizer: Quantizer, path: Path, threads: int | None) -> Session:
+    """FP32 and INT8 run on the backend's runtime; OpenVINO with f32 pinned (it would pick bf16 on its own)."""
+    precision = "f32" if quantizer.runtime == "openvino" else None
+    return BACKENDS[quantizer.runtime].load(path, RunOptions(threads=threads, precision=precision))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM where Linux has it (``ru_maxrss`` keeps the pre-exec peak of
+    a big parent that forked us, so a child of a 2 GB benchmark would report 2 GB), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _environment() -> dict[str, str]:
+    from ..export import environment
+
+    env = environment()
+    for module in ("openvino", "nncf"):
+        try:
+            env[module] = __import__(module).__version__
+        except ImportError:
+            env[module] = "not installed"
+    return env
+
+
+def _load_data(source: SourceModel, options: QuantizeOptions, recipe: Any, progress: Progress) -> SampleSet:
+    if options.calibration_data is None:
+        return load_embedded(recipe, options.num_samples, options.holdout, options.seed, progress)
+    return load_directory(options.calibration_data, recipe, source.sample_shape, options.num_samples,
+                          options.holdout, options.seed, options.allow_upscale, progress)
+
+
+def _accuracy(folder: ImageFolder, recipe: Any, fp32: Session, int8: Session, batch: int | None,
+              progress: Progress) -> AccuracyReport:
+    skipped: list[str] = []
+    hits = np.zeros(4)
+    n = done = 0
+    with bar(progress, f"Measuring accuracy on {folder.root} ({len(folder.files)} images)", len(folder.files)) as advance:
+        for x, y in folder.batches(recipe, batch or 32, skipped):
+            for j, session in enumerate((fp32, int8)):
+                logits = run_all(session, x, batch)
+                top5 = np.argsort(-logits, axis=1)[:, :5]
+                hits[2 * j] += float((top5[:, 0] == y).sum())
+                hits[2 * j + 1] += float((top5 == y[:, None]).any(1).sum())
+            n += len(y)
+            advance(n + len(skipped) - done)
+            done = n + len(skipped)
+    if n == 0:
+        raise UserError(f"none of the images in --eval-data {folder.root} could be read")
+    top1_fp32, top5_fp32, top1_int8, top5_int8 = (float(h / n) for h in hits)
+    return AccuracyReport(str(folder.root), n, len(folder.classes), len(skipped), top1_fp32, top1_int8,
+                          top5_fp32, top5_int8)
+
+
+def _auto_keep_float(quantizer: Quantizer, source: SourceModel, options: QuantizeOptions, data: SampleSet,
+                     fp32: Session, int8_path: Path, work: Path, progress: Progress) -> SearchResult:
+    """Rank layers by local INT8 noise, then keep the smallest prefix in float that meets --min-agreement."""
+    samples = data.calibration[:SEARCH_SAMPLES]
+    reference = run_all(fp32, samples, source.batch).argmax(-1)
+
+    def agreement(path: Path) -> float:
+        return float((run_all(_load(quantizer, path, options.threads), samples, source.batch).argmax(-1)
+                      == reference).mean())
+
+    baseline = agreement(int8_path)
+    if baseline >= options.min_agreement:
+        return SearchResult([], True, [(0, baseline)])
+    with progress.step("Ranking layers by local INT8 noise"):
+        consumers = quantizer.quantized_consumers(int8_path)
+        ranked = rank_layers(quantizer.float_model, consumers, data.calibration[:RANK_SAMPLES], source.input_name,
+                             source.batch, options.backend != "cpu", work, options.threads)
+    order = [r.node for r in ranked]
+
+    def measure(prefix: list[str]) -> float:
+        scratch = work / f"keep-{len(prefix)}"
+        scratch.mkdir(exist_ok=True)
+        with progress.step(f"Trying {len(prefix)} layer(s) in float"):
+            value = agreement(quantizer.quantize(prefix, scratch))
+        progress.note(f"top-1 agreement {value:.1%} on {len(samples)} calibration samples")
+        return value
+
+    result = search(order, baseline, measure, options.min_agreement, options.sensitivity_rounds)
+    result.ranking = [r.to_dict() for r in ranked[:20]]
+    return result
+
+
+def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
+                 progress: Progress | None = None) -> QuantizeResult:
+    """Quantize the model in ``run_dir`` to INT8 for ``options.backend``; see the module docstring."""
+    opt = options or QuantizeOptions()
+    opt.check()
+    progress = progress or Quiet()
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+
+    def timed(key: str, since: float) -> None:
+        timings[key] = round(time.perf_counter() - since, 3)
+
+    source = open_source(run_dir)
+    if opt.backend == "openvino":
+        require_openvino()
+    out = opt.output or default_output(run_dir, opt.backend)
+    check_output_dir(out, opt.overwrite)
+    recipe, recipe_origin = resolve_recipe(source, opt.recipe)
+    folder = ImageFolder.open(opt.eval_data, source.num_classes) if opt.eval_data else None
+    if folder is not None and recipe is None:
+        raise UserError("--eval-data images need preprocessing, and the model carries no recipe: pass --mean R G B "
+                        "--std R G B (and --resize, --interpolation) or --recipe FILE")
+    t = time.perf_counter()
+    data = _load_data(source, opt, recipe, progress)
+    timed("load_data", t)
+    if opt.calibration_data is None:
+        warnings.append(EMBEDDED_WARNING)
+    if data.stats.skipped_unreadable or data.stats.skipped_too_small:
+        warnings.append(f"skipped {len(data.stats.skipped_unreadable)} unreadable and "
+                        f"{len(data.stats.skipped_too_small)} too-small file(s) (listed in the manifest)")
+    if data.stats.note and opt.calibration_data is not None:
+        warnings.append(data.stats.note)
+
+    with tempfile.TemporaryDirectory(prefix="vmlp-quantize-") as work_name, staged_dir(out, opt.overwrite) as tmp:
+        work = Path(work_name)
+        quantizer = make_quantizer(source, opt, work)
+        t = time.perf_counter()
+        quantizer.prepare(data.calibration, progress)
+        timed("calibrate", t)
+        keep = [] if opt.keep_float_auto or not opt.keep_float else resolve_keep_float(opt.keep_float,
+                                                                                         quantizer.float_model)
+        t = time.perf_counter()
+        with progress.step(f"Quantizing for {opt.backend}" + (f" ({len(keep)} node(s) kept in float)" if keep else "")):
+            model_path = quantizer.quantize(keep, tmp)
+        timed("quantize", t)
+        fp32 = _load(quantizer, source.onnx_path, opt.threads)
+        sensitivity = None
+        if opt.keep_float_auto:
+            t = time.perf_counter()
+            sensitivity = _auto_keep_float(quantizer, source, opt, data, fp32, model_path, work, progress)
+            keep = sensitivity.kept
+            if keep:
+                with progress.step(f"Quantizing for {opt.backend} with {len(keep)} layer(s) kept in float"):
+                    model_path = quantizer.quantize(keep, tmp)
+            if not sensitivity.met:
+                warnings.append(f"--keep-float auto did not reach {opt.min_agreement:.1%} top-1 agreement within "
+                                f"{opt.sensitivity_rounds} rounds; kept the best setting seen")
+            timed("sensitivity", t)
+        graph_check = None
+        if opt.backend == "tensorrt":
+            with progress.step("Checking the Q/DQ graph against TensorRT's rules"):
+                graph_check = check_graph(model_path, opt.qdq_layernorm)
+        t = time.perf_counter()
+        with progress.step(f"Measuring fidelity on {len(data.held_out)} held-out samples"):
+            int8 = _load(quantizer, model_path, opt.threads)
+            logits = compare_logits(run_all(fp32, data.held_out, source.batch),
+                                    run_all(int8, data.held_out, source.batch))
+            fidelity = FidelityReport(logits, quantizer.runtime, getattr(int8, "precision", "int8"))
+            layers = quantizer.quantized_consumers(model_path)
+            probes = ort_layer_probes if quantizer.runtime == "cpu" else ov_layer_probes
+            run_fp32, run_int8, pairs = probes(quantizer.float_model, model_path, layers, work, opt.threads)
+            measured = layer_sqnr(run_fp32, run_int8, pairs, data.held_out[:LAYER_SAMPLES], source.input_name,
+                                  source.batch)
+            fidelity.layers_measured, fidelity.layer_samples = len(measured), min(LAYER_SAMPLES, len(data.held_out))
+            fidelity.worst_layers = measured[:10]
+            fidelity.layer_method = ("ONNX Runtime, QDQ graph unoptimised (ONNX semantics), outputs of quantized layers"
+                                     if quantizer.runtime == "cpu" else
+                                     "OpenVINO f32 pinned, outputs of quantized layers")
+        timed("fidelity", t)
+        if logits.top1_agreement < opt.min_agreement:
+            warnings.append(f"top-1 agreement {logits.top1_agreement:.1%} is below --min-agreement "
+                            f"{opt.min_agreement:.1%}" + ("" if opt.keep_float_auto else
+                                                         ": try --keep-float auto"))
+        accuracy = None
+        if folder is not None and recipe is not None:
+            t = time.perf_counter()
+            accuracy = _accuracy(folder, recipe, fp32, int8, source.batch, progress)
+            timed("accuracy", t)
+        timings["total"] = round(time.perf_counter() - start, 3)
+        peak = peak_rss_mb()
+        settings = {**opt.to_dict(), **quantizer.settings()}
+        manifest = _manifest(source, opt, recipe, recipe_origin, model_path, settings, data.stats, keep,
+                             sensitivity, fidelity, accuracy, graph_check, timings, peak, warnings)
+        write_json(tmp / MANIFEST, manifest)
+        result = QuantizeResult(out, out / model_path.name, opt.backend, source.onnx_path, manifest, settings,
+                                data.stats, fidelity, accuracy, keep, sensitivity, graph_check, timings, peak, warnings)
+        write_report(tmp / "quantize.md", result)
+    return result
+
+
+def _manifest(source: SourceModel, opt: QuantizeOptions, recipe: Any, recipe_origin: str, model_path: Path,
+              settings: dict[str, Any], stats: DataStats, keep: list[str], sensitivity: SearchResult | None,
+              fidelity: FidelityReport, accuracy: AccuracyReport | None, graph_check: dict[str, Any] | None,
+              timings: dict[str, float], peak: float, warnings: list[str]) -> dict[str, Any]:
+    manifest = copy.deepcopy(source.manifest)
+    manifest["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    manifest["command"] = " ".join(sys.argv)
+    if recipe is not None:
+        manifest["preprocessing"] = recipe.to_dict()
+    if model_path.suffix == ".xml":
+        manifest["artifacts"] = {"onnx": None, "openvino_xml": model_path.name,
+                                 "openvino_bin": model_path.with_suffix(".bin").name}
+    else:
+        manifest["artifacts"] = {"onnx": model_path.name, "external_data": None}
+    manifest.setdefault("stages", {})["quantize"] = {
+        "backend": opt.backend,
+        "precision": "int8",
+        "source": {"onnx": str(source.onnx_path.resolve()), "sha256": _sha256(source.onnx_path),
+                   "had_manifest": source.has_manifest},
+        "preprocessing_source": recipe_origin,
+        "settings": settings,
+        "calibration": stats.to_dict(),
+        "keep_float": {
+            "mode": "auto" if opt.keep_float_auto else ("names" if opt.keep_float else "none"),
+            "nodes": keep,
+            "search": sensitivity.to_dict() if sensitivity else None,
+        },
+        "fidelity": fidelity.to_dict(),
+        "accuracy": accuracy.to_dict() if accuracy else None,
+        "tensorrt_graph_check": graph_check,
+        "timings_s": timings,
+        "peak_rss_mb": peak,
+        "warnings": warnings,
+    }
+    manifest["environment"] = _environment()
+    return manifest
