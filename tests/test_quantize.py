@@ -16,11 +16,12 @@ from onnx import numpy_helper
 from PIL import Image
 from vmlp_deploy.models import create_model
 
+from vmlp_deploy.backends import BACKENDS, RunOptions
 from vmlp_deploy.export import ExportOptions, export_model
 from vmlp_deploy.model import LoadedModel, load_model
 from vmlp_deploy.preprocess import Recipe
 from vmlp_deploy.quantize import QuantizeOptions, quantize_run
-from vmlp_deploy.quantize.fidelity import compare_logits, sqnr_db
+from vmlp_deploy.quantize.fidelity import compare_logits, layer_sqnr, ort_layer_probes, run_all, sqnr_db
 from vmlp_deploy.quantize.sensitivity import search
 from vmlp_deploy.quantize.tensorrt_qdq import check_graph
 
@@ -85,12 +86,22 @@ def test_cpu_graph_is_qdq_with_per_channel_int8_weights(cpu_run: Path) -> None:
     assert activations and all(inits[n.input[2]].dtype == np.uint8 for n in activations)
 
 
-def test_per_layer_sqnr_of_the_head_matches_the_logits(cpu_run: Path) -> None:
-    """The unoptimised per-layer probe and the optimised deployed run see the same INT8 model."""
-    q = _manifest(cpu_run)["stages"]["quantize"]["fidelity"]
-    head = [w for w in q["worst_layers"] if w["node"].startswith("/head")]
-    if head:
-        assert abs(head[0]["sqnr_db"] - q["sqnr_db"]) < 1.0
+def test_logits_stay_float_and_the_layer_probe_matches_the_deployed_run(s2_run: Path, cpu_run: Path,
+                                                                        tmp_path: Path) -> None:
+    """The head writes float logits; probing it unoptimised gives the SQNR the optimised INT8 session gives."""
+    model = onnx.load(str(cpu_run / "model.onnx"))
+    head = next(n for n in model.graph.node if "logits" in n.output)
+    assert head.op_type == "Gemm"
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 3, 56, 56), dtype=np.float32)
+    run_fp32, run_int8, layers = ort_layer_probes(s2_run / "model.onnx", cpu_run / "model.onnx", [head.name],
+                                                  tmp_path, threads=1)
+    assert [name for name, _, _ in layers] == [head.name]
+    probed = layer_sqnr(run_fp32, run_int8, layers, x, "pixel_values", 1)[0].sqnr_db
+    fp32 = BACKENDS["cpu"].load(s2_run / "model.onnx", RunOptions(threads=1))
+    int8 = BACKENDS["cpu"].load(cpu_run / "model.onnx", RunOptions(threads=1))
+    deployed = compare_logits(run_all(fp32, x, 1), run_all(int8, x, 1)).sqnr_db
+    assert abs(probed - deployed) < 0.5
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])

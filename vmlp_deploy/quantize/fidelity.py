@@ -6,8 +6,8 @@ model on the same backend, on held-out samples that did not calibrate:
 * top-1 agreement: INT8's top-1 class equals FP32's;
 * top-5 agreement: FP32's top-1 class is among INT8's five highest logits;
 * cosine similarity of the logit vectors (mean and worst sample);
-* SQNR = 10 log10(sum fp32^2 / sum (int8 - fp32)^2) in dB over all logits (20 dB = 1 % noise power... 10 %
-  amplitude; each 6 dB halves the error).
+* SQNR = 10 log10(sum fp32^2 / sum (int8 - fp32)^2) in dB over all logits: 20 dB means a noise power of 1 %
+  of the signal's (10 % in amplitude); every 6 dB more halves the error amplitude.
 
 Per-layer SQNR is measured at the output of every layer that reads quantized activations (the nodes INT8
 actually changes), FP32 against INT8, so it shows where the error accumulates through the network. It is

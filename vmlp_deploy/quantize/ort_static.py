@@ -137,6 +137,34 @@ def restore_float_inputs(model: onnx.ModelProto, reads_float: Callable[[onnx.Nod
     return rewired
 
 
+def float_graph_outputs(model: onnx.ModelProto) -> int:
+    """Undo the Q/DQ that ``quantize_static`` puts on graph outputs; returns how many.
+
+    8-bit logits gain no speed (they are dequantized right away) and round close classes onto the same level,
+    which breaks top-1 ties arbitrarily; the producing layer writes the float output directly instead.
+    """
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    undone = 0
+    for out in graph.output:
+        dq = producer.get(out.name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] not in producer:
+            continue
+        inner = q.input[0]
+        for node in graph.node:
+            node.output[:] = [out.name if o == inner else o for o in node.output]
+            node.input[:] = [out.name if i == inner else i for i in node.input]
+        graph.node.remove(q)
+        graph.node.remove(dq)
+        undone += 1
+    if undone:
+        read = {i for n in graph.node for i in n.input}
+        for t in [t for t in graph.initializer if t.name not in read]:
+            graph.initializer.remove(t)
+    return undone
+
+
 class OrtQuantizer:
     """Pre-process and calibrate once, then quantize as often as needed with different nodes kept in float."""
 
@@ -240,7 +268,8 @@ class OrtQuantizer:
             )
         model = onnx.load(str(out))
         keep = set(keep_float) | set(self.float_by_default)
-        if restore_float_inputs(model, lambda node, i: node.name in keep or self.reads_float(node, i)):
+        rewired = restore_float_inputs(model, lambda node, i: node.name in keep or self.reads_float(node, i))
+        if rewired + float_graph_outputs(model):
             onnx.save(model, str(out))
         return out
 

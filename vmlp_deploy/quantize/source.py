@@ -74,6 +74,9 @@ def _find_onnx(path: Path) -> tuple[Path, Path, dict[str, Any] | None]:
         raise UserError(f"{path} does not exist: pass a run directory from `vmlp-deploy export` or an .onnx file")
     if (path / MANIFEST).is_file():
         manifest = read_manifest(path)
+        if "quantize" in manifest.get("stages", {}):
+            raise UserError(f"{path} is already quantized (its manifest has a quantize stage): quantize the float "
+                            "model it came from")
         name = manifest.get("artifacts", {}).get("onnx")
         if not name:
             raise UserError(f"{path / MANIFEST} names no ONNX model (artifacts.onnx): quantize needs a float ONNX "

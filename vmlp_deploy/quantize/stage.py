@@ -30,7 +30,15 @@ from ..progress import Progress, Quiet
 from ..rundir import MANIFEST, check_output_dir, staged_dir, write_json
 from ._bar import bar
 from .data import DataStats, ImageFolder, SampleSet, load_directory, load_embedded
-from .fidelity import FidelityReport, compare_logits, layer_sqnr, ort_layer_probes, ov_layer_probes, run_all
+from .fidelity import (
+    WORST_LAYERS,
+    FidelityReport,
+    compare_logits,
+    layer_sqnr,
+    ort_layer_probes,
+    ov_layer_probes,
+    run_all,
+)
 from .openvino_nncf import OpenVinoQuantizer, require_openvino
 from .options import QuantizeOptions
 from .ort_static import CPU_SCHEME, OrtQuantizer
@@ -310,7 +318,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
             measured = layer_sqnr(run_fp32, run_int8, pairs, data.held_out[:LAYER_SAMPLES], source.input_name,
                                   source.batch)
             fidelity.layers_measured, fidelity.layer_samples = len(measured), min(LAYER_SAMPLES, len(data.held_out))
-            fidelity.worst_layers = measured[:10]
+            fidelity.worst_layers = measured[:WORST_LAYERS]
             fidelity.layer_method = ("ONNX Runtime, QDQ graph unoptimised (ONNX semantics), outputs of quantized layers"
                                      if quantizer.runtime == "cpu" else
                                      "OpenVINO f32 pinned, outputs of quantized layers")
