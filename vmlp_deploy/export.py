@@ -7,12 +7,10 @@ PyTorch on random inputs and on the embedded photographs; otherwise nothing is l
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -34,7 +32,7 @@ from .model import LoadedModel
 from .onnx_io import cpu_session, op_histogram, save
 from .passes import optimize_model
 from .progress import Progress, Quiet
-from .rundir import MANIFEST, staged_dir, write_json
+from .rundir import MANIFEST, peak_rss_mb, sha256_file, staged_dir, write_json
 from .validate import Tolerance, ValidationReport, compare
 
 INPUT_NAME = "pixel_values"
@@ -141,14 +139,6 @@ def _validation_inputs(lm: LoadedModel, opt: ExportOptions) -> tuple[np.ndarray,
     rng = np.random.default_rng(opt.seed)
     rand = rng.standard_normal((n_random, 3, h, w), dtype=np.float32)
     return np.concatenate([rand, images]).astype(np.float32), n_random, names
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def environment() -> dict[str, str]:
@@ -284,7 +274,7 @@ def export_model(
                 "params": sum(p.numel() for p in lm.module.parameters()),
                 "random_weights": lm.random_weights,
                 "checkpoint": None if lm.checkpoint is None else {
-                    "path": str(lm.checkpoint.resolve()), "sha256": _sha256(lm.checkpoint)},
+                    "path": str(lm.checkpoint.resolve()), "sha256": sha256_file(lm.checkpoint)},
             },
             "preprocessing": lm.recipe.to_dict(),
             "artifacts": {"onnx": onnx_path.name, "external_data": external},
@@ -303,7 +293,7 @@ def export_model(
                     "exporter_warnings": export_warnings,
                     "simplifier_log": simplify_log[:50],
                     "timings_s": timings,
-                    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                    "peak_rss_mb": peak_rss_mb(),
                 }
             },
             "environment": environment(),

@@ -6,7 +6,6 @@ exported elsewhere gets a fresh manifest, one of ours keeps its history and gain
 
 from __future__ import annotations
 
-import resource
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,7 +19,7 @@ from .export import environment
 from .onnx_io import save
 from .passes import OptimizeResult, optimize_model
 from .progress import Progress, Quiet
-from .rundir import MANIFEST, read_manifest, staged_dir, write_json
+from .rundir import MANIFEST, peak_rss_mb, read_manifest, staged_dir, write_json
 
 
 @dataclass
@@ -75,7 +74,7 @@ def optimize_file(
         base.setdefault("stages", {})["optimize"] = {
             **result.to_dict(),
             "source": str(path.resolve()),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": peak_rss_mb(),
         }
         base["environment"] = environment()
         write_json(tmp / MANIFEST, base)

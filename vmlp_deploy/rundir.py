@@ -7,8 +7,10 @@ so a failed export (or a failed validation gate) never leaves a half-written mod
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import resource
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -85,3 +87,24 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): re-run the export") from None
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (checkpoints and models can be gigabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM where Linux has it (``ru_maxrss`` keeps the pre-exec peak of
+    a big parent that forked us, so a child of a 2 GB benchmark would report 2 GB), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

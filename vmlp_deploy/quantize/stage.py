@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import hashlib
-import resource
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ import onnx
 from ..backends import BACKENDS, RunOptions, Session
 from ..errors import UserError
 from ..progress import Progress, Quiet
-from ..rundir import MANIFEST, check_output_dir, staged_dir, write_json
+from ..rundir import MANIFEST, check_output_dir, peak_rss_mb, sha256_file, staged_dir, write_json
 from ._bar import bar
 from .data import DataStats, ImageFolder, SampleSet, load_directory, load_embedded
 from .fidelity import (
@@ -148,26 +146,6 @@ def _load(quantizer: Quantizer, path: Path, threads: int | None) -> Session:
     """FP32 and INT8 run on the backend's runtime; OpenVINO with f32 pinned (it would pick bf16 on its own)."""
     precision = "f32" if quantizer.runtime == "openvino" else None
     return BACKENDS[quantizer.runtime].load(path, RunOptions(threads=threads, precision=precision))
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory: VmHWM where Linux has it (``ru_maxrss`` keeps the pre-exec peak of
-    a big parent that forked us, so a child of a 2 GB benchmark would report 2 GB), else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _environment() -> dict[str, str]:
@@ -361,7 +339,7 @@ def _manifest(source: SourceModel, opt: QuantizeOptions, recipe: Any, recipe_ori
     manifest.setdefault("stages", {})["quantize"] = {
         "backend": opt.backend,
         "precision": "int8",
-        "source": {"onnx": str(source.onnx_path.resolve()), "sha256": _sha256(source.onnx_path),
+        "source": {"onnx": str(source.onnx_path.resolve()), "sha256": sha256_file(source.onnx_path),
                    "had_manifest": source.has_manifest},
         "preprocessing_source": recipe_origin,
         "settings": settings,
