@@ -26,7 +26,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from ._graph import infer_shapes, make_session, static_shape
-from .regions import analyse_constants
+from .regions import analyse_constants, const_closure
 
 logger = logging.getLogger("vmlp_deploy.passes")
 
@@ -52,30 +52,15 @@ def _fold_once(model: ir.Model, max_elements: int) -> int:
     if not frontier:
         return 0
     # One model computing every frontier value from initializers (Shape of static values substituted).
-    nodes: set[ir.Node] = set()
-    inits: dict[str, ir.Value] = {}
-    shapes: dict[str, np.ndarray] = {}
-    stack, seen = list(frontier), set()
-    while stack:
-        value = stack.pop()
-        if value in seen:
-            continue
-        seen.add(value)
-        if value in consts.static_shapes:
-            shapes[value.name] = consts.static_shapes[value]
-        elif value.is_initializer():
-            inits[value.name] = value
-        elif value.producer() is not None:
-            nodes.add(value.producer())
-            stack.extend(v for v in value.producer().inputs if v is not None)
+    nodes, inits, shapes = const_closure(frontier, consts)
     order = {node: i for i, node in enumerate(graph)}
     protos = [onnx.helper.make_node("Constant", [], [k], value=onnx.numpy_helper.from_array(v, k))
               for k, v in shapes.items()]
     protos += [ir.serde.serialize_node(n) for n in sorted(nodes, key=order.__getitem__)]
     init_protos = []
-    for name, value in inits.items():
+    for value in inits:
         proto = ir.serde.serialize_tensor(value.const_value)
-        proto.name = name
+        proto.name = value.name
         init_protos.append(proto)
     outputs = [onnx.helper.make_empty_tensor_value_info(v.name) for v in frontier]
     const_graph = onnx.helper.make_graph(protos, "constants", [], outputs, initializer=init_protos)

@@ -233,7 +233,7 @@ class RegionFinder:
         return out
 
 
-def _const_closure(values: Iterable[ir.Value], consts: ConstInfo) -> tuple[list[ir.Node], list[ir.Value], dict]:
+def const_closure(values: Iterable[ir.Value], consts: ConstInfo) -> tuple[list[ir.Node], list[ir.Value], dict]:
     """Nodes and initializers needed to compute the constant ``values``."""
     nodes: set[ir.Node] = set()
     inits: dict[str, ir.Value] = {}
@@ -271,7 +271,7 @@ def region_model(
     const_inputs = [
         v for n in region.nodes for v in n.inputs if v is not None and v is not region.x and v not in region_values
     ]
-    closure_nodes, inits, shapes = _const_closure(const_inputs, consts)
+    closure_nodes, inits, shapes = const_closure(const_inputs, consts)
     order = {node: i for i, node in enumerate(region.y.graph or [])}
     all_nodes = sorted(set(closure_nodes) | set(region.nodes), key=lambda n: order.get(n, -1))
     node_protos = [
