@@ -77,3 +77,24 @@ def test_optimize_bad_input(cli, tmp_path: Path, make, message: str) -> None:
     code, out, err = cli("optimize", make(tmp_path), "-o", tmp_path / "out")
     assert code == 2 and message in err and "Traceback" not in out + err
     assert not (tmp_path / "out").exists()
+
+
+def test_optimize_for_openvino_runs_channels_first_and_records_the_target(cli, naive_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ov"
+    code, stdout, _ = cli("optimize", naive_run, "-o", out, "--target", "npu")
+    assert code == 0 and "channels-first:" in stdout and "npu: outside the core NPU op set: Erf" in stdout
+    report = json.loads((out / "manifest.json").read_text())["stages"]["optimize"]
+    assert report["target"] == "npu" and report["channels_first"]["linears_to_conv"] > 0
+    assert report["npu"]["unsupported"] == {"Erf": 4}  # two GELUs per block, two blocks and report["verification"]["passed"]
+    ops = op_histogram(onnx.load(str(out / "model.onnx")))
+    assert "Transpose" not in ops and "MatMul" not in ops and "ScatterND" not in ops
+    x = np.random.default_rng(0).standard_normal((1, 3, 56, 56), dtype=np.float32)
+    np.testing.assert_allclose(_run(out / "model.onnx", x), _run(naive_run / "model.onnx", x), atol=1e-5)
+
+
+def test_export_target_is_checked_and_stored(cli, tmp_path: Path) -> None:
+    code, _, err = cli("export", "--model", "s2mlpv2_small", "--tiny", "--target", "gpu", "-o", tmp_path / "x")
+    assert code == 2 and "invalid choice: 'gpu'" in err and not (tmp_path / "x").exists()
+    code, _, _ = cli("export", "--model", "s2mlpv2_small", "--tiny", "--target", "openvino", "-o", tmp_path / "ov")
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "ov" / "model.onnx")).metadata_props}
+    assert code == 0 and meta["vmlp.target"] == "openvino" and "channels-first" in json.loads(meta["vmlp.passes"])

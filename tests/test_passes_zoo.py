@@ -15,6 +15,9 @@ from vmlp_deploy.onnx_io import cpu_session, op_histogram
 from vmlp_deploy.passes import optimize_model
 
 SHIFT_FAMILIES = {"s2mlp", "s2mlpv2"}
+#: Families whose every block runs channels-first after ``target="openvino"`` (gMLP's spatial gating keeps
+#: a token-axis MatMul; PoolFormer has no channels-last tensor to begin with).
+CHANNELS_FIRST_FAMILIES = {"s2mlp", "s2mlpv2", "convnext", "mlp_mixer", "resmlp"}
 
 
 @pytest.mark.parametrize("name", zoo.list_models())
@@ -35,3 +38,12 @@ def test_zoo_model_rewrite_keeps_outputs(name: str, tmp_path: Path) -> None:
         assert len(result.model.graph.node) < bound * len(naive.graph.node)
     else:
         assert not result.changed and result.model is naive and after == before
+
+    lowered = optimize_model(naive, target="openvino")
+    out = cpu_session(lowered.model).run(None, {"pixel_values": x})[0]
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+    transposes = op_histogram(lowered.model).get("Transpose", 0)
+    if lm.family in CHANNELS_FIRST_FAMILIES:  # every channels-last token map is carried channels-first
+        assert transposes == 0
+        assert lowered.channels_first.linears_to_conv > 0 and lowered.verification.passed
+    assert transposes <= before.get("Transpose", 0)

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import UserError
+from .targets import TARGETS
 from .models import UnknownModelError, get_variant
 
 console = Console(stderr=False, highlight=False)
@@ -85,7 +86,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = args.output or Path("out") / (args.model or args.checkpoint.stem)
     options = ExportOptions(
         opset=args.opset, exporter=args.exporter, batch=args.batch, dynamic_batch=args.dynamic_batch,
-        simplify=not args.no_simplify, rewrite=not args.no_rewrite, tolerance=Tolerance(atol=args.atol, rtol=args.rtol), seed=args.seed,
+        simplify=not args.no_simplify, rewrite=not args.no_rewrite, target=args.target, tolerance=Tolerance(atol=args.atol, rtol=args.rtol), seed=args.seed,
     )
     options.check()
     check_output_dir(out, args.overwrite)
@@ -112,11 +113,16 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
     out = args.output or Path("out") / f"{args.source.stem}-optimized"
     run = optimize_file(args.source, out, overwrite=args.overwrite, verify=not args.no_verify, seed=args.seed,
-                        progress=Steps(console))
+                        target=args.target, progress=Steps(console))
     r = run.result
     console.print(f"[bold]Optimized[/bold] {run.onnx_path}: {r.nodes_before} -> {r.nodes_after} nodes, "
                   f"{len(r.patterns)} shift sites rewritten; report in {out / 'manifest.json'}")
     return 0
+
+
+_TARGET_HELP = ("runtime the graph is laid out for: cpu (ONNX Runtime; channels-last, default), openvino "
+                "(channels-first end to end: 1x1 Convs, LayerNorm over channels) or npu (as openvino, and lists "
+                "ops an edge NPU may reject)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     p.add_argument("--no-rewrite", action="store_true",
                    help="keep the naive token-mixing graph (skip the shift -> grouped-conv passes)")
+    p.add_argument("--target", choices=TARGETS, default="cpu", help=_TARGET_HELP)
     p.add_argument("--atol", type=float, default=1e-4, help="validation: absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", type=float, default=1e-3,
                    help="validation: tolerance relative to the output's peak magnitude (default 1e-3)")
@@ -157,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true",
                    help="skip the whole-model ONNX Runtime check (each rewrite is still checked on its own)")
     p.add_argument("--seed", type=int, default=0, help="seed for probes and verification inputs")
+    p.add_argument("--target", choices=TARGETS, default="cpu", help=_TARGET_HELP)
     p.set_defaults(func=_cmd_optimize)
 
     from .profile.cli import add_parser as add_profile

@@ -31,6 +31,7 @@ from .errors import UserError, ValidationError
 from .model import LoadedModel
 from .onnx_io import cpu_session, op_histogram, save
 from .passes import optimize_model
+from .targets import TARGETS
 from .progress import Progress, Quiet
 from .rundir import MANIFEST, peak_rss_mb, sha256_file, staged_dir, write_json
 from .validate import Tolerance, ValidationReport, compare
@@ -50,6 +51,7 @@ class ExportOptions:
     dynamic_batch: bool = False
     simplify: bool = True
     rewrite: bool = True
+    target: str = "cpu"
     tolerance: Tolerance = field(default_factory=Tolerance)
     n_random: int = 4
     seed: int = 0
@@ -63,6 +65,8 @@ class ExportOptions:
                 f"--opset {self.opset} is not supported with the {self.exporter} exporter: use {low}..{MAX_OPSET} "
                 "(opset >= 17 keeps LayerNorm as one LayerNormalization node)"
             )
+        if self.target not in TARGETS:
+            raise UserError(f"unknown --target {self.target!r}: use one of {', '.join(TARGETS)}")
         if self.batch < 1:
             raise UserError(f"--batch must be at least 1, got {self.batch}")
         if self.tolerance.atol < 0 or self.tolerance.rtol < 0:
@@ -176,6 +180,7 @@ def _metadata(lm: LoadedModel, opt: ExportOptions, passes: list[str], report: Va
         "vmlp.opset": str(opt.opset),
         "vmlp.exporter": f"torch.onnx ({opt.exporter}) torch {torch.__version__}",
         "vmlp.passes": json.dumps(passes),
+        "vmlp.target": opt.target,
         "vmlp.validation": json.dumps(validation),
         "vmlp.random_weights": str(lm.random_weights).lower(),
         "vmlp.checkpoint": lm.checkpoint.name if lm.checkpoint else "",
@@ -229,11 +234,13 @@ def export_model(
         if opt.rewrite:
             with progress.step("Rewriting token-mixing shifts into Pad + grouped Conv (verified)"):
                 t = time.perf_counter()
-                rewrite = optimize_model(model, seed=opt.seed)
+                rewrite = optimize_model(model, seed=opt.seed, target=opt.target)
                 model = rewrite.model
                 rewrite_report = rewrite.to_dict()
-                if rewrite.changed:
+                if rewrite.patterns:
                     passes.append("shift-to-conv")
+                if rewrite.channels_first is not None and rewrite.channels_first.total:
+                    passes.append("channels-first")
                 nodes["rewritten"] = len(model.graph.node)
                 timed("rewrite", t)
             for line in rewrite.summary_lines():

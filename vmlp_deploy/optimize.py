@@ -44,7 +44,7 @@ def resolve_onnx(source: Path) -> tuple[Path, dict[str, Any] | None]:
 
 def optimize_file(
     source: Path, out_dir: Path, *, overwrite: bool = False, verify: bool = True, seed: int = 0,
-    progress: Progress | None = None,
+    target: str = "cpu", progress: Progress | None = None,
 ) -> OptimizeRun:
     progress = progress or Quiet()
     path, manifest = resolve_onnx(source)
@@ -57,7 +57,7 @@ def optimize_file(
             except Exception as e:  # protobuf DecodeError and friends: not an ONNX file
                 raise UserError(f"{path} is not a readable ONNX model ({type(e).__name__}): check the file") from None
         with progress.step("Rewriting token-mixing shifts into Pad + grouped Conv (verified)"):
-            result = optimize_model(model, verify=verify, seed=seed)
+            result = optimize_model(model, verify=verify, seed=seed, target=target)
         for line in result.summary_lines():
             progress.note(line)
         onnx_path = tmp / "model.onnx"

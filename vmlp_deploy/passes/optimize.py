@@ -1,5 +1,10 @@
 """The pass pipeline: canonicalise -> find and prove shift regions -> rewrite -> clean up -> layout -> verify.
 
+The layout step depends on the target runtime (``TARGETS``): ``cpu`` (ONNX Runtime) keeps token maps
+channels-last and only narrows the Transposes the rewrite left (:mod:`.layout`); ``openvino`` and ``npu``
+run them channels-first end to end (:mod:`.channels_first`), which Conv-centred runtimes need; ``npu``
+also reports the ops outside the core set edge NPU compilers accept (:mod:`.npu`).
+
 Each rewrite is checked twice: alone (region vs replacement, on random inputs, when it is planned) and in
 the whole model (original vs rewritten, ONNX Runtime, seeded random inputs). A whole-model failure is
 bisected down to the offending sites, which are rolled back with a :class:`RewriteRolledBack` warning.
@@ -18,9 +23,12 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from ..targets import TARGETS
 from ._graph import infer_shapes, model_histogram
 from .canonicalize import canonicalize
+from .channels_first import ChannelsFirstStats, lower_group_views, to_channels_first
 from .layout import LayoutStats, optimize_layout
+from .npu import NpuReport, npu_report
 from .shift_to_conv import (
     EDGE_DEFAULT,
     RewriteRolledBack,
@@ -49,10 +57,13 @@ class OptimizeResult:
     cleanup: CleanupStats = dataclasses.field(default_factory=CleanupStats)
     layout: LayoutStats | None = None
     seconds: float = 0.0
+    target: str = "cpu"
+    channels_first: ChannelsFirstStats | None = None
+    npu: NpuReport | None = None
 
     @property
     def changed(self) -> bool:
-        return bool(self.patterns)
+        return bool(self.patterns) or bool(self.channels_first and self.channels_first.total)
 
     def pattern_counts(self) -> dict[str, int]:
         """'kind layout' -> number of sites."""
@@ -77,14 +88,17 @@ class OptimizeResult:
             "skipped": [{"output": s.y_name, "reason": s.reason, "ops": s.region_ops} for s in self.skipped],
             "cleanup": dataclasses.asdict(self.cleanup),
             "layout": dataclasses.asdict(self.layout) if self.layout else None,
+            "target": self.target,
+            "channels_first": dataclasses.asdict(self.channels_first) if self.channels_first else None,
+            "npu": self.npu.to_dict() if self.npu else None,
             "seconds": round(self.seconds, 3),
         }
 
     def summary_lines(self) -> list[str]:
         """A short human-readable report for the terminal."""
-        lines = [f"nodes: {self.nodes_before} -> {self.nodes_after}"]
+        lines = [f"nodes: {self.nodes_before} -> {self.nodes_after} (target {self.target})"]
         if not self.patterns:
-            lines.append("no shift idiom found; model unchanged")
+            lines.append("no shift idiom found" + ("" if self.changed else "; model unchanged"))
         for key, count in self.pattern_counts().items():
             lines.append(f"  {count} x {key}")
         removed = {k: v - self.ops_after.get(k, 0) for k, v in self.ops_before.items() if v > self.ops_after.get(k, 0)}
@@ -101,6 +115,13 @@ class OptimizeResult:
             lines.append(f"  layout: {self.layout.hoisted_into_conv} MatMul->1x1 Conv, {self.layout.sunk} sunk, "
                          f"{self.layout.to_reshape} -> Reshape; Transpose elements moved "
                          f"{self.layout.elements_moved_before} -> {self.layout.elements_moved_after}")
+        cf = self.channels_first
+        if cf is not None and cf.total:
+            lines.append(f"  channels-first: {cf.transposes_propagated} Transposes carried through "
+                         f"{cf.ops_rewritten} ops ({cf.layernorms} LayerNorm, {cf.linears_to_conv} Linear->1x1 Conv), "
+                         f"{cf.transposes_restored} put back; {cf.group_views} grouped views flattened")
+        if self.npu is not None:
+            lines.append("  " + self.npu.summary())
         if self.verification is not None:
             lines.append("  " + self.verification.summary())
         for item in self.rolled_back:
@@ -110,16 +131,22 @@ class OptimizeResult:
         return lines
 
 
-def _rewrite(work_proto: onnx.ModelProto, sites: Sequence[ShiftSite], *, edge: str,
-             layout: bool) -> tuple[onnx.ModelProto, CleanupStats, LayoutStats | None]:
+def _rewrite(work_proto: onnx.ModelProto, sites: Sequence[ShiftSite], *, edge: str, layout: bool,
+             target: str = "cpu") -> tuple[onnx.ModelProto, CleanupStats, LayoutStats | ChannelsFirstStats | None]:
     model = ir.from_proto(work_proto)
     apply_shift_sites(model, sites, edge=edge)
     common_passes.RemoveUnusedNodesPass()(model)
     stats = cleanup_layout(model)
-    layout_stats = None
+    layout_stats: LayoutStats | ChannelsFirstStats | None = None
     if layout:  # the layout rules need the shapes of the values the rewrite just created
         model = infer_shapes(ir.serde.serialize_model(model))
-        layout_stats = optimize_layout(model)
+        if target == "cpu":
+            layout_stats = optimize_layout(model)
+        else:
+            layout_stats = to_channels_first(model)
+            model = infer_shapes(ir.serde.serialize_model(model))
+            lower_group_views(model, layout_stats)
+            cleanup_layout(model)
     model.graph.sort()
     return ir.serde.serialize_model(model), stats, layout_stats
 
@@ -134,6 +161,7 @@ def optimize_model(
     n_samples: int = 3,
     edge: str = EDGE_DEFAULT,
     layout: bool = True,
+    target: str = "cpu",
 ) -> OptimizeResult:
     """Replace every shift idiom in ``model`` by Pad + depthwise Conv, verified against the original.
 
@@ -149,12 +177,17 @@ def optimize_model(
         edge: how edge-replicate borders are written: ``"pad"`` (``Pad(mode=edge)``, the default: measured
             faster in both ONNX Runtime and OpenVINO) or ``"mask"`` (zero-padded Conv + ``x * mask``, exact
             for one-pixel shifts). See :func:`.shift_to_conv.emit`.
-        layout: run :mod:`.layout` after the rewrite (narrow and cancel the Transposes around each site).
-            When the whole model then fails verification the layout pass alone is dropped first.
+        layout: run the layout step after the rewrite (see ``target``). When the whole model then fails
+            verification the layout step alone is dropped first.
+        target: ``"cpu"`` (ONNX Runtime: channels-last, Transposes narrowed by :mod:`.layout`),
+            ``"openvino"`` or ``"npu"`` (channels-first end to end, :mod:`.channels_first`; this runs even
+            where no shift is found). ``npu`` adds :func:`.npu.npu_report` to the result.
 
     Returns:
         :class:`OptimizeResult`. When nothing is rewritten, ``result.model is model``.
     """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
     start = time.perf_counter()
     log: Callable[[str], None] | None = (lambda msg: print(f"[passes] {msg}", file=sys.stderr)) if progress else None
     ops_before = model_histogram(model)
@@ -168,13 +201,16 @@ def optimize_model(
 
     def unchanged(verification: Verification | None = None) -> OptimizeResult:
         return OptimizeResult(model, [], nodes_before, nodes_before, ops_before, dict(ops_before), verification,
-                              rolled_back, skipped, seconds=time.perf_counter() - start)
+                              rolled_back, skipped, seconds=time.perf_counter() - start, target=target,
+                              npu=npu_report(model) if target == "npu" else None)
 
-    if not sites:
+    if not sites and (target == "cpu" or not layout):
         return unchanged()
     if log:
         log(f"rewriting {len(sites)} site(s)")
-    rewritten, stats, layout_stats = _rewrite(work_proto, sites, edge=edge, layout=layout)
+    rewritten, stats, layout_stats = _rewrite(work_proto, sites, edge=edge, layout=layout, target=target)
+    if not sites and not (layout_stats and layout_stats.total):
+        return unchanged()
     verification = None
     if verify:
         verification = compare_models(model, rewritten, n_samples=n_samples, seed=seed)
@@ -183,6 +219,8 @@ def optimize_model(
             warnings.warn(message, RewriteRolledBack, stacklevel=2)
             rolled_back.append(message)
             layout = False
+            if not sites:
+                return unchanged(verification)
             rewritten, stats, layout_stats = _rewrite(work_proto, sites, edge=edge, layout=False)
             verification = compare_models(model, rewritten, n_samples=n_samples, seed=seed)
         if not verification.passed:
@@ -194,7 +232,7 @@ def optimize_model(
             sites = [s for s in sites if s not in bad]
             if not sites:
                 return unchanged(verification)
-            rewritten, stats, layout_stats = _rewrite(work_proto, sites, edge=edge, layout=layout)
+            rewritten, stats, layout_stats = _rewrite(work_proto, sites, edge=edge, layout=layout, target=target)
             verification = compare_models(model, rewritten, n_samples=n_samples, seed=seed)
             if not verification.passed:  # should not happen; refuse to write anything unverified
                 message = "rolled back all rewrites: verification still fails after bisection"
@@ -213,8 +251,11 @@ def optimize_model(
         rolled_back=rolled_back,
         skipped=skipped,
         cleanup=stats,
-        layout=layout_stats,
+        layout=layout_stats if isinstance(layout_stats, LayoutStats) else None,
         seconds=time.perf_counter() - start,
+        target=target,
+        channels_first=layout_stats if isinstance(layout_stats, ChannelsFirstStats) else None,
+        npu=npu_report(rewritten) if target == "npu" else None,
     )
 
 

@@ -1,0 +1,144 @@
+"""The channels-first lowering (``--target openvino|npu``): hand-built graphs, outputs equal in ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from vmlp_deploy.onnx_io import cpu_session, op_histogram
+from vmlp_deploy.passes import optimize_model
+from vmlp_deploy.passes._graph import infer_shapes
+from vmlp_deploy.passes.channels_first import lower_group_views, to_channels_first
+from vmlp_deploy.passes.npu import npu_report
+
+
+def _model(nodes, inits, x_shape, y_shape, opset: int = 18) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(a.astype(np.int64 if a.dtype.kind == "i" else np.float32), n) for n, a in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _lower(model: onnx.ModelProto):
+    work = infer_shapes(model)
+    stats = to_channels_first(work)
+    work = infer_shapes(ir.serde.serialize_model(work))
+    lower_group_views(work, stats)
+    work.graph.sort()
+    out = ir.serde.serialize_model(work)
+    onnx.checker.check_model(out, full_check=True)
+    return out, stats
+
+
+def _assert_same(a: onnx.ModelProto, b: onnx.ModelProto, shape, seed: int = 0) -> None:
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    ref = cpu_session(a).run(None, {"x": x})[0]
+    out = cpu_session(b).run(None, {"x": x})[0]
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-5)
+
+
+def _block(c: int, h: int, w: int, opset: int = 18) -> onnx.ModelProto:
+    """NCHW in -> NHWC -> LN -> MatMul+b -> GELU(erf) -> flattened Gemm -> residual Add -> NHWC out."""
+    rng = np.random.default_rng(1)
+    inits = {
+        "g": rng.standard_normal(c), "beta": rng.standard_normal(c), "w1": rng.standard_normal((c, 2 * c)),
+        "b1": rng.standard_normal(2 * c), "w2": rng.standard_normal((c, 2 * c)), "b2": rng.standard_normal(c),
+        "half": np.array(0.5), "one": np.array(1.0), "sqrt2": np.array(np.sqrt(2.0)),
+        "flat": np.array([h * w, 2 * c]), "back": np.array([1, h, w, c]),
+    }
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node("LayerNormalization", ["t", "g", "beta"], ["ln"], axis=-1, epsilon=1e-6),
+        helper.make_node("MatMul", ["ln", "w1"], ["mm"]),
+        helper.make_node("Add", ["mm", "b1"], ["fc1"]),
+        helper.make_node("Div", ["fc1", "sqrt2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["e1"]),
+        helper.make_node("Mul", ["fc1", "e1"], ["g1"]),
+        helper.make_node("Mul", ["g1", "half"], ["gelu"]),
+        helper.make_node("Reshape", ["gelu", "flat"], ["rows"]),
+        helper.make_node("Gemm", ["rows", "w2", "b2"], ["fc2"], transB=1),
+        helper.make_node("Reshape", ["fc2", "back"], ["fc2_4d"]),
+        helper.make_node("Add", ["t", "fc2_4d"], ["y"]),
+    ]
+    return _model(nodes, inits, [1, c, h, w], [1, h, w, c], opset)
+
+
+@settings(max_examples=12, deadline=None)
+@given(c=st.integers(1, 9), h=st.integers(1, 5), w=st.integers(1, 5), opset=st.sampled_from([17, 18]))
+def test_block_runs_channels_first_and_matches(c: int, h: int, w: int, opset: int) -> None:
+    model = _block(c, h, w, opset)
+    lowered, stats = _lower(model)
+    _assert_same(model, lowered, (1, c, h, w))
+    ops = op_histogram(lowered)
+    assert stats.layernorms == 1 and stats.linears_to_conv == 2
+    assert ops.get("Conv") == 2 and "MatMul" not in ops and "Gemm" not in ops and "LayerNormalization" not in ops
+    assert ops.get("Transpose") == 1  # the graph output is channels-last: put back once, at the very end
+    assert lowered.graph.node[-1].op_type == "Transpose"
+
+
+def test_split_attention_group_view_runs_on_the_4d_tensor() -> None:
+    k, c, h, w = 3, 4, 5, 6
+    inits = {"shape5": np.array([1, k, c, h, w]), "axes_bhw": np.array([1, 3, 4]), "axis_k": np.array([1]),
+             "w_shape": np.array([1, k, c, 1, 1])}
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape5"], ["v"]),
+        helper.make_node("ReduceSum", ["v", "axes_bhw"], ["a"], keepdims=0),  # (1, C)
+        helper.make_node("Concat", ["a", "a", "a"], ["a3"], axis=1),
+        helper.make_node("Softmax", ["a3"], ["s"], axis=1),
+        helper.make_node("Reshape", ["s", "w_shape"], ["wts"]),
+        helper.make_node("Mul", ["v", "wts"], ["weighted"]),
+        helper.make_node("ReduceSum", ["weighted", "axis_k"], ["y"], keepdims=0),
+    ]
+    model = _model(nodes, inits, [1, k * c, h, w], [1, c, h, w])
+    lowered, stats = _lower(model)
+    _assert_same(model, lowered, (1, k * c, h, w))
+    assert stats.group_views == 1
+    ranks = {len(v.type.tensor_type.shape.dim) for v in onnx.shape_inference.infer_shapes(lowered).graph.value_info
+             if v.type.tensor_type.shape.dim[-1].dim_value == w}
+    assert ranks == {4}  # nothing of size H x W is 5-D any more
+    assert op_histogram(lowered)["Slice"] == k
+
+
+def test_op_it_cannot_take_gets_the_transpose_back_once() -> None:
+    inits = {"axes": np.array([3])}
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node("Relu", ["t"], ["r"]),
+        helper.make_node("Softmax", ["r"], ["s"], axis=-1),  # not rewritten: needs channels-last
+        helper.make_node("Concat", ["s", "r"], ["y"], axis=3),
+    ]
+    model = _model(nodes, inits, [1, 3, 4, 5], [1, 4, 5, 6])
+    lowered, stats = _lower(model)
+    _assert_same(model, lowered, (1, 3, 4, 5))
+    assert op_histogram(lowered).get("Transpose") == 1 and stats.transposes_restored == 1
+
+
+def test_graph_without_channels_last_transposes_is_left_alone() -> None:
+    inits = {"w": np.ones((3, 3, 1, 1))}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    model = _model(nodes, inits, [1, 3, 4, 4], [1, 3, 4, 4])
+    result = optimize_model(model, target="openvino")
+    assert not result.changed and result.model is model
+
+
+def test_target_npu_lists_what_an_npu_may_reject() -> None:
+    model = _block(4, 3, 3)
+    report = npu_report(model)
+    assert report.unsupported == {"Erf": 1, "LayerNormalization": 1} and report.nd_matmuls == 1
+    result = optimize_model(model, target="npu")
+    assert result.npu.unsupported == {"Erf": 1} and result.npu.nd_matmuls == 0
+    assert "Erf x1" in result.npu.summary() and result.to_dict()["npu"]["unsupported"] == {"Erf": 1}
+
+
+def test_unknown_target_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown target"):
+        optimize_model(_block(2, 2, 2), target="gpu")
