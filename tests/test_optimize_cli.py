@@ -93,8 +93,11 @@ def test_optimize_for_openvino_runs_channels_first_and_records_the_target(cli, n
 
 
 def test_export_target_is_checked_and_stored(cli, tmp_path: Path) -> None:
-    code, _, err = cli("export", "--model", "s2mlpv2_small", "--tiny", "--target", "gpu", "-o", tmp_path / "x")
-    assert code == 2 and "invalid choice: 'gpu'" in err and not (tmp_path / "x").exists()
+    from vmlp_deploy.errors import UserError
+    from vmlp_deploy.export import ExportOptions
+
+    with pytest.raises(UserError, match="unknown --target 'gpu': use one of cpu, openvino, npu"):
+        ExportOptions(target="gpu").check()
     code, _, _ = cli("export", "--model", "s2mlpv2_small", "--tiny", "--target", "openvino", "-o", tmp_path / "ov")
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "ov" / "model.onnx")).metadata_props}
     assert code == 0 and meta["vmlp.target"] == "openvino" and "channels-first" in json.loads(meta["vmlp.passes"])
