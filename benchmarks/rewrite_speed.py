@@ -1,10 +1,18 @@
 """Naive vs rewritten graphs, side by side in one run: ONNX Runtime CPU and OpenVINO CPU latency, node counts.
 
-Both graphs come from the same PyTorch model and are simplified with onnxsim; the only difference is the
-shift->grouped-conv rewrite. Runs are interleaved (one inference of each configuration per round) so that
-machine noise hits both alike; the figures are medians. ``--ablation`` adds pass variants built from the
-naive export (``shift_only``: no layout pass; ``edge_mask``: edge borders as zero-padded Conv + mask),
-timed in the same rounds, so the pass options can be compared under the same load.
+All graphs come from the same PyTorch model and are simplified with onnxsim; they differ only in the passes:
+``naive`` (none), ``rewritten`` (the default export, ``--target cpu``: shift -> grouped Conv, channels-last
+layout for ONNX Runtime) and ``openvino`` (``--target openvino``: the same rewrite, then channels-first end
+to end). Runs are interleaved (one inference of each configuration per round) so that machine noise hits
+all alike; the figures are medians. Each visit to a configuration runs ``--visit`` inferences in a row:
+the first inference after a switch pays for caches the other graph evicted. ONNX Runtime sessions run with
+``session.intra_op.allow_spinning=0``: with spinning on, the worker threads of the session that just ran
+keep spinning and take the two cores from the next one (measured side by side: naive 142 ms with
+spinning, 105 ms without; ratios 0.79 vs 0.71). ``--ablation`` adds pass
+variants built from the naive export (``shift_only``: no layout step; ``edge_mask``: edge borders as
+zero-padded Conv + mask), timed in the same rounds. The backends are measured one after another (each with all its graphs
+interleaved), not mixed: a runtime that ran just before leaves caches and thread pools in a state that
+inflates the next one's times unevenly.
 
     python benchmarks/rewrite_speed.py --model s2mlpv2_small --iterations 60 --out benchmarks/results/rewrite_s2mlpv2_small.json
 """
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -38,6 +47,7 @@ def ort_runner(path: Path, threads: int) -> Callable[[np.ndarray], object]:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see the module doc
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})
@@ -60,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="s2mlpv2_small")
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--visit", type=int, default=5,
+                        help="inferences per visit to a configuration (see the module doc)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--ablation", action="store_true", help="also time pass variants (see module doc)")
@@ -79,36 +91,43 @@ def main(argv: list[str] | None = None) -> int:
         graphs[variant] = {"nodes": len(model.graph.node), "ops": hist,
                            "shift_ops": {k: hist.get(k, 0) for k in SHIFT_OPS}}
         print(f"{variant}: {len(model.graph.node)} nodes", file=sys.stderr)
+    naive_model = onnx.load(str(paths["naive"]))
+    variants: list[tuple[str, dict]] = [("openvino", {"target": "openvino"})]
     if args.ablation:
-        naive_model = onnx.load(str(paths["naive"]))
-        for variant, options in (("shift_only", {"layout": False}), ("edge_mask", {"edge": "mask"})):
-            model = optimize_model(naive_model, **options).model
-            paths[variant] = work / f"{variant}.onnx"
-            onnx.save(model, str(paths[variant]))
-            hist = op_histogram(model)
-            graphs[variant] = {"nodes": len(model.graph.node), "ops": hist,
-                               "shift_ops": {k: hist.get(k, 0) for k in SHIFT_OPS}}
-            print(f"{variant}: {len(model.graph.node)} nodes", file=sys.stderr)
+        variants += [("shift_only", {"layout": False}), ("edge_mask", {"edge": "mask"})]
+    for variant, options in variants:
+        model = optimize_model(naive_model, **options).model
+        paths[variant] = work / f"{variant}.onnx"
+        onnx.save(model, str(paths[variant]))
+        hist = op_histogram(model)
+        graphs[variant] = {"nodes": len(model.graph.node), "ops": hist,
+                           "shift_ops": {k: hist.get(k, 0) for k in SHIFT_OPS}}
+        print(f"{variant}: {len(model.graph.node)} nodes", file=sys.stderr)
 
     x = np.random.default_rng(0).standard_normal((1, 3, *lm.input_size), dtype=np.float32)
-    runners: dict[str, Callable[[np.ndarray], object]] = {}
     precisions: dict[str, str] = {}
-    for variant, path in paths.items():
-        runners[f"ort_fp32/{variant}"] = ort_runner(path, args.threads)
-        for label, hint in (("ov_default", None), ("ov_f32", "f32")):
-            fn, used = ov_runner(path, args.threads, hint)
-            runners[f"{label}/{variant}"] = fn
-            precisions[f"{label}/{variant}"] = used
-
-    for fn in runners.values():
-        for _ in range(args.warmup):
-            fn(x)
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(args.iterations):
-        for key, fn in runners.items():
-            t = time.perf_counter()
-            fn(x)
-            times[key].append((time.perf_counter() - t) * 1e3)
+    times: dict[str, list[float]] = {}
+    for backend in ("ort_fp32", "ov_default", "ov_f32"):  # one backend at a time: no cross-runtime interference
+        runners: dict[str, Callable[[np.ndarray], object]] = {}
+        for variant, path in paths.items():
+            if backend == "ort_fp32":
+                runners[f"{backend}/{variant}"] = ort_runner(path, args.threads)
+            else:
+                fn, used = ov_runner(path, args.threads, None if backend == "ov_default" else "f32")
+                runners[f"{backend}/{variant}"] = fn
+                precisions[f"{backend}/{variant}"] = used
+        for fn in runners.values():
+            for _ in range(args.warmup):
+                fn(x)
+        times.update({k: [] for k in runners})
+        for _ in range(-(-args.iterations // args.visit)):
+            for key, fn in runners.items():
+                for _ in range(args.visit):
+                    t = time.perf_counter()
+                    fn(x)
+                    times[key].append((time.perf_counter() - t) * 1e3)
+        del runners
+        print(f"{backend}: timed", file=sys.stderr)
 
     medians = {k: statistics.median(v) for k, v in times.items()}
     rows = []
@@ -131,17 +150,21 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "iterations": args.iterations,
         "warmup": args.warmup,
+        "visit": args.visit,
         "graphs": graphs,
         "node_ratio": round(graphs["rewritten"]["nodes"] / graphs["naive"]["nodes"], 3),
+        "node_ratio_openvino": round(graphs["openvino"]["nodes"] / graphs["naive"]["nodes"], 3),
         "latency": rows,
+        "load_average": [round(v, 2) for v in os.getloadavg()],
         "environment": {**environment(), "openvino": ov.__version__},
     }
     for r in rows:
         print(f"{r['backend']:>11} ({r['precision']}): naive {r['naive_ms']:.2f} ms, rewritten "
               f"{r['rewritten_ms']:.2f} ms, ratio {r['ratio']:.3f}"
               + "".join(f", {k} {v:.3f}" for k, v in r.items() if k.endswith("_ratio")))
-    print(f"nodes: naive {graphs['naive']['nodes']}, rewritten {graphs['rewritten']['nodes']}, "
-          f"ratio {report['node_ratio']:.3f}")
+    print(f"nodes: naive {graphs['naive']['nodes']}, rewritten {graphs['rewritten']['nodes']} "
+          f"(ratio {report['node_ratio']:.3f}), openvino target {graphs['openvino']['nodes']} "
+          f"(ratio {report['node_ratio_openvino']:.3f})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
