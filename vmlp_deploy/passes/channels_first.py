@@ -96,6 +96,13 @@ def _vector_along(array: np.ndarray, n: int) -> np.ndarray | None:
     return array.reshape(n)
 
 
+def _reduce(b: _Builder, op: str, x: ir.Value, axes: list[int], keepdims: int, opset: int, hint: str) -> ir.Value:
+    """``Reduce*`` with axes as an input (opset >= 18, ReduceSum >= 13) or as an attribute before that."""
+    if opset >= 18 or (op == "ReduceSum" and opset >= 13):
+        return b.op(op, [x, b.const(np.array(axes, dtype=np.int64), f"{hint}_axes")], hint, keepdims=keepdims)
+    return b.op(op, [x], hint, axes=axes, keepdims=keepdims)
+
+
 class _ChannelsFirst:
     def __init__(self, model: ir.Model, stats: ChannelsFirstStats):
         self.model = model
@@ -129,11 +136,7 @@ class _ChannelsFirst:
         return value
 
     def _reduce(self, op: str, x: ir.Value, axes: list[int], keepdims: int, hint: str) -> ir.Value:
-        """``Reduce*`` with axes as an input (opset >= 18, ReduceSum >= 13) or an attribute."""
-        if self.opset >= 18 or (op == "ReduceSum" and self.opset >= 13):
-            return self.b.op(op, [x, self.b.const(np.array(axes, dtype=np.int64), f"{hint}_axes")], hint,
-                             keepdims=keepdims)
-        return self.b.op(op, [x], hint, axes=axes, keepdims=keepdims)
+        return _reduce(self.b, op, x, axes, keepdims, self.opset, hint)
 
     def _const_like(self, array: np.ndarray, like: ir.Value, hint: str) -> ir.Value:
         dtype = like.dtype.numpy() if like.dtype is not None else array.dtype
@@ -532,15 +535,10 @@ def lower_group_views(model: ir.Model, stats: ChannelsFirstStats | None = None) 
             else:
                 axes = _reduce_axes(user, len(vs))
                 spatial = [a - 1 for a in axes if a >= 3]
-                if opset >= 13:
-                    partial = b.op("ReduceSum", [x4, b.const(np.array(spatial, np.int64), "axes")], "partial", keepdims=1)
-                else:
-                    partial = b.op("ReduceSum", [x4], "partial", axes=spatial, keepdims=1)
+                partial = _reduce(b, "ReduceSum", x4, spatial, 1, opset, "partial")
                 small = [vs[0], k, c, *(1 if a + 1 in axes else d for a, d in enumerate(vs[3:], start=2))]
                 view5 = b.op("Reshape", [partial, b.const(np.array(small, np.int64), "view_shape")], "view")
-                new = b.op("ReduceSum", [view5, b.const(np.array(axes, np.int64), "axes")], "reduce",
-                           keepdims=user.attributes.get_int("keepdims", 1)) if opset >= 13 else \
-                    b.op("ReduceSum", [view5], "reduce", axes=axes, keepdims=user.attributes.get_int("keepdims", 1))
+                new = _reduce(b, "ReduceSum", view5, axes, user.attributes.get_int("keepdims", 1), opset, "reduce")
             for n in b.nodes:
                 n.outputs[0].type = out.type
             graph.insert_before(user, b.nodes)
