@@ -31,11 +31,12 @@ def test_export_rewrites_by_default_and_keeps_the_naive_graph_on_request(cli, na
     code, out, _ = cli("export", "--model", "s2mlpv2_small", "--tiny", "-o", tmp_path / "r")
     assert code == 0 and "shift/edge NHWC" in out
     export = json.loads((tmp_path / "r" / "manifest.json").read_text())["stages"]["export"]
-    assert "shift-to-conv" in export["passes"] and export["rewrite"]["verification"]["max_abs_diff"] == 0
+    # float round-off only: the grouped-view lowering sums the split-attention branches in another order
+    assert "shift-to-conv" in export["passes"] and export["rewrite"]["verification"]["max_abs_diff"] < 1e-6
     assert "ScatterND" not in export["op_histogram"] and export["op_histogram"]["Conv"] >= 3
     assert export["nodes"]["final"] <= 0.75 * naive["nodes"]["final"]
     x = np.random.default_rng(0).standard_normal((1, 3, 56, 56), dtype=np.float32)
-    np.testing.assert_array_equal(_run(tmp_path / "r" / "model.onnx", x), _run(naive_run / "model.onnx", x))
+    np.testing.assert_allclose(_run(tmp_path / "r" / "model.onnx", x), _run(naive_run / "model.onnx", x), atol=1e-6)
 
 
 def test_optimize_a_run_directory(cli, naive_run: Path, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def _lower(model: onnx.ModelProto):
     work = infer_shapes(model)
     stats = to_channels_first(work)
     work = infer_shapes(ir.serde.serialize_model(work))
-    lower_group_views(work, stats)
+    stats.group_views = lower_group_views(work)
     work.graph.sort()
     out = ir.serde.serialize_model(work)
     onnx.checker.check_model(out, full_check=True)

@@ -23,7 +23,7 @@ reaches is rewritten to the equivalent op on the untransposed value:
 A value an op cannot take that way gets the Transpose back, once, just before that op. No Transpose is
 created where none was, so on a graph without such Transposes the pass changes nothing.
 
-**group views** (:func:`lower_group_views`): ``Reshape(x, (B, K, C, H, W))`` of a channels-first ``x``,
+**group views** (:func:`lower_group_views`, run for every target): ``Reshape(x, (B, K, C, H, W))`` of a channels-first ``x``,
 used only by per-branch weights (broadcast over H, W) and reductions, is written on ``x`` itself: weights
 reshaped to ``(B, K*C, 1, 1)``, a sum over K as K channel Slices and Adds, a sum over positions as a 4-D
 ReduceSum before the (now tiny) reshape. That is S2-MLPv2's split attention without 5-D tensors.
@@ -481,9 +481,12 @@ def _view_use(node: ir.Node, view: ir.Value, vs: tuple[int, ...]) -> str | None:
     return None
 
 
-def lower_group_views(model: ir.Model, stats: ChannelsFirstStats | None = None) -> ChannelsFirstStats:
-    """Write grouped-channel views ``(B, K, C, H, W)`` of channels-first tensors on the 4-D tensor (in place)."""
-    stats = stats or ChannelsFirstStats()
+def lower_group_views(model: ir.Model) -> int:
+    """Write grouped-channel views ``(B, K, C, H, W)`` of channels-first tensors on the 4-D tensor (in place).
+
+    Returns how many views were lowered. Layout-independent: both targets run it.
+    """
+    lowered = 0
     graph = model.graph
     opset = default_opset(model)
     taken = {v.name for v in graph.initializers.values()} | {v.name for n in graph for v in n.outputs}
@@ -546,6 +549,6 @@ def lower_group_views(model: ir.Model, stats: ChannelsFirstStats | None = None) 
             if kind != "weight":
                 new.shape = out.shape
                 _replace_value(graph, out, new)
-        stats.group_views += 1
+        lowered += 1
     common_passes.RemoveUnusedNodesPass()(model)
-    return stats
+    return lowered

@@ -50,10 +50,11 @@ class LayoutStats:
     to_reshape: int = 0
     elements_moved_before: int = 0
     elements_moved_after: int = 0
+    group_views: int = 0
 
     @property
     def total(self) -> int:
-        return self.sunk + self.hoisted_into_conv + self.to_reshape
+        return self.sunk + self.hoisted_into_conv + self.to_reshape + self.group_views
 
 
 def _const(value: ir.Value | None) -> np.ndarray | None:

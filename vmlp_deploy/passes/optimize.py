@@ -113,8 +113,9 @@ class OptimizeResult:
                          f"{self.cleanup.transposes_folded + self.cleanup.transposes_cancelled})")
         if self.layout is not None and self.layout.total:
             lines.append(f"  layout: {self.layout.hoisted_into_conv} MatMul->1x1 Conv, {self.layout.sunk} sunk, "
-                         f"{self.layout.to_reshape} -> Reshape; Transpose elements moved "
-                         f"{self.layout.elements_moved_before} -> {self.layout.elements_moved_after}")
+                         f"{self.layout.to_reshape} -> Reshape, {self.layout.group_views} grouped views flattened; "
+                         f"Transpose elements moved {self.layout.elements_moved_before} -> "
+                         f"{self.layout.elements_moved_after}")
         cf = self.channels_first
         if cf is not None and cf.total:
             lines.append(f"  channels-first: {cf.transposes_propagated} Transposes carried through "
@@ -140,13 +141,10 @@ def _rewrite(work_proto: onnx.ModelProto, sites: Sequence[ShiftSite], *, edge: s
     layout_stats: LayoutStats | ChannelsFirstStats | None = None
     if layout:  # the layout rules need the shapes of the values the rewrite just created
         model = infer_shapes(ir.serde.serialize_model(model))
-        if target == "cpu":
-            layout_stats = optimize_layout(model)
-        else:
-            layout_stats = to_channels_first(model)
-            model = infer_shapes(ir.serde.serialize_model(model))
-            lower_group_views(model, layout_stats)
-            cleanup_layout(model)
+        layout_stats = optimize_layout(model) if target == "cpu" else to_channels_first(model)
+        model = infer_shapes(ir.serde.serialize_model(model))
+        layout_stats.group_views = lower_group_views(model)
+        cleanup_layout(model)
     model.graph.sort()
     return ir.serde.serialize_model(model), stats, layout_stats
 
