@@ -25,7 +25,7 @@ created where none was, so on a graph without such Transposes the pass changes n
 
 **group views** (:func:`lower_group_views`, run for every target): ``Reshape(x, (B, K, C, H, W))`` of a channels-first ``x``,
 used only by per-branch weights (broadcast over H, W) and reductions, is written on ``x`` itself: weights
-reshaped to ``(B, K*C, 1, 1)``, a sum over K as K channel Slices and Adds, a sum over positions as a 4-D
+reshaped to ``(B, K*C, 1, 1)``, a sum over K as one channel Split and K-1 Adds, a sum over positions as a 4-D
 ReduceSum before the (now tiny) reshape. That is S2-MLPv2's split attention without 5-D tensors.
 
 All rules are exact up to float summation order (LayerNorm, the 1x1 Conv and the reductions add in
@@ -528,13 +528,20 @@ def lower_group_views(model: ir.Model) -> int:
                 new = b.op(user.op_type, [x4, other4] if i == 0 else [other4, x4], user.op_type.lower())
                 flat[id(out)] = new
             elif kind == "branch_sum":
-                new = None
-                for j in range(k):
-                    part = b.op("Slice", [x4, b.const(np.array([j * c], np.int64), "start"),
-                                          b.const(np.array([(j + 1) * c], np.int64), "end"),
-                                          b.const(np.array([1], np.int64), "axis")], f"branch{j}")
-                    part.type = x4.type
-                    new = part if new is None else b.op("Add", [new, part], "branch_sum")
+                if opset >= 18:
+                    split = ir.node("Split", [x4], {"axis": 1, "num_outputs": k}, num_outputs=k, name=b.name("branches"))
+                elif opset >= 13:
+                    split = ir.node("Split", [x4, b.const(np.full(k, c, np.int64), "split")], {"axis": 1},
+                                    num_outputs=k, name=b.name("branches"))
+                else:
+                    split = ir.node("Split", [x4], {"axis": 1, "split": [c] * k}, num_outputs=k,
+                                    name=b.name("branches"))
+                for j, part in enumerate(split.outputs):
+                    part.name, part.type = b.name(f"branch{j}"), x4.type
+                b.nodes.append(split)
+                new = split.outputs[0]
+                for part in split.outputs[1:]:
+                    new = b.op("Add", [new, part], "branch_sum")
             else:
                 axes = _reduce_axes(user, len(vs))
                 spatial = [a - 1 for a in axes if a >= 3]
