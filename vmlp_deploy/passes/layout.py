@@ -51,10 +51,11 @@ class LayoutStats:
     elements_moved_before: int = 0
     elements_moved_after: int = 0
     group_views: int = 0
+    patch_convs_to_matmul: int = 0
 
     @property
     def total(self) -> int:
-        return self.sunk + self.hoisted_into_conv + self.to_reshape + self.group_views
+        return self.sunk + self.hoisted_into_conv + self.to_reshape + self.group_views + self.patch_convs_to_matmul
 
 
 def _const(value: ir.Value | None) -> np.ndarray | None:

@@ -1,7 +1,8 @@
 """The pass pipeline: canonicalise -> find and prove shift regions -> rewrite -> clean up -> layout -> verify.
 
 The layout step depends on the target runtime (``TARGETS``): ``cpu`` (ONNX Runtime) keeps token maps
-channels-last and only narrows the Transposes the rewrite left (:mod:`.layout`); ``openvino`` and ``npu``
+channels-last, narrows the Transposes the rewrite left (:mod:`.layout`) and starts the token map from a
+MatMul (:mod:`.patchify`); ``openvino`` and ``npu``
 run them channels-first end to end (:mod:`.channels_first`), which Conv-centred runtimes need; ``npu``
 also reports the ops outside the core set edge NPU compilers accept (:mod:`.npu`).
 
@@ -29,6 +30,7 @@ from .canonicalize import canonicalize
 from .channels_first import ChannelsFirstStats, lower_group_views, to_channels_first
 from .layout import LayoutStats, optimize_layout
 from .npu import NpuReport, npu_report
+from .patchify import patchify
 from .shift_to_conv import (
     EDGE_DEFAULT,
     RewriteRolledBack,
@@ -113,7 +115,8 @@ class OptimizeResult:
                          f"{self.cleanup.transposes_folded + self.cleanup.transposes_cancelled})")
         if self.layout is not None and self.layout.total:
             lines.append(f"  layout: {self.layout.hoisted_into_conv} MatMul->1x1 Conv, {self.layout.sunk} sunk, "
-                         f"{self.layout.to_reshape} -> Reshape, {self.layout.group_views} grouped views flattened; "
+                         f"{self.layout.to_reshape} -> Reshape, {self.layout.group_views} grouped views flattened, "
+                         f"{self.layout.patch_convs_to_matmul} patch Convs -> MatMul; "
                          f"Transpose elements moved {self.layout.elements_moved_before} -> "
                          f"{self.layout.elements_moved_after}")
         cf = self.channels_first
@@ -144,6 +147,8 @@ def _rewrite(work_proto: onnx.ModelProto, sites: Sequence[ShiftSite], *, edge: s
         layout_stats = optimize_layout(model) if target == "cpu" else to_channels_first(model)
         model = infer_shapes(ir.serde.serialize_model(model))
         layout_stats.group_views = lower_group_views(model)
+        if isinstance(layout_stats, LayoutStats):
+            layout_stats.patch_convs_to_matmul = patchify(model)
         cleanup_layout(model)
     model.graph.sort()
     return ir.serde.serialize_model(model), stats, layout_stats
