@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from vmlp_deploy.backends.base import LayerTime
 from vmlp_deploy.export import ExportOptions, export_model
 from vmlp_deploy.model import load_model
+from vmlp_deploy.onnx_io import op_histogram
 from vmlp_deploy.profile.inputs import onnx_complexity, zoo_complexity
 from vmlp_deploy.profile.layers import aggregate, category
 from vmlp_deploy.profile.measure import MeasurePlan, Probe, latency_stats, measure
@@ -144,6 +145,16 @@ def test_throughput_mode_and_duration(cli: Cli, run_dir: Path, tmp_path: Path) -
     ov = next(r for r in doc["records"] if r["backend"] == "openvino" and r["mode"] == "throughput")
     assert ov["settings"]["requests_in_flight"] >= 2 and ov["settings"]["performance_hint"].endswith("THROUGHPUT")
     assert not (out / "latency.png").exists()
+
+
+def test_zoo_name_exported_for_the_chosen_target(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMLP_DEPLOY_CACHE", str(tmp_path / "cache"))
+    code, _, err = cli("profile", "s2mlpv2_small", "--tiny", "--target", "openvino", "--backend", "openvino",
+                       "-n", "3", "--warmup", "1", "--no-peak", "--layer-runs", "0", "--no-charts", "-o", tmp_path / "p")
+    assert code == 0, err
+    (cached,) = (tmp_path / "cache" / "zoo").glob("s2mlpv2_small-tiny-*-openvino-*/model.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(cached)).metadata_props}
+    assert meta["vmlp.target"] == "openvino" and "Transpose" not in op_histogram(onnx.load(str(cached)))
 
 
 def test_zoo_name_ir_and_dynamic_dims(cli: Cli, run_dir: Path, tmp_path: Path,

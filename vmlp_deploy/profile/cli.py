@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import UserError
+from ..targets import TARGETS
 
 T = TypeVar("T")
 
@@ -81,6 +82,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spread-warn", type=float, default=5.0, metavar="PCT",
                    help="warn when run-to-run spread (CoV) exceeds this percentage (default 5)")
     p.add_argument("--tiny", action="store_true", help="zoo names: export the tiny configuration")
+    p.add_argument("--target", choices=TARGETS, default="cpu",
+                   help="zoo names: layout the export is written in (see `vmlp-deploy export --help`); "
+                        "openvino suits --backend openvino")
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the random input (default 0)")
     p.add_argument("-o", "--output", type=Path, metavar="DIR", help="run directory (default out/profile-<time>)")
@@ -129,7 +133,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         threads=args.threads, streams=args.streams, device=args.device, spinning=args.spinning == "on",
         opt_level=args.opt_level, input_shape=args.input_shape, plan=plan, layer_runs=args.layer_runs,
         top=args.top, peak=not args.no_peak, peak_size=args.peak_size, spread_threshold=args.spread_warn / 100.0,
-        tiny=args.tiny, charts=not args.no_charts, seed=args.seed,
+        tiny=args.tiny, target=args.target, charts=not args.no_charts, seed=args.seed,
     )
     options.check()
     if options.charts:

@@ -54,22 +54,23 @@ class ModelInput:
         }
 
 
-def zoo_cache_dir(name: str, tiny: bool, batch: int | None) -> Path:
-    """One cached export per zoo name and options (batch, opset 18, this vmlp-deploy version)."""
+def zoo_cache_dir(name: str, tiny: bool, batch: int | None, target: str = "cpu") -> Path:
+    """One cached export per zoo name and options (batch, layout target, opset 18, this vmlp-deploy version)."""
     shape = "dynbatch" if batch is None else f"b{batch}"
-    return cache_root() / "zoo" / f"{name}{'-tiny' if tiny else ''}-opset18-{shape}-v{__version__}"
+    return cache_root() / "zoo" / f"{name}{'-tiny' if tiny else ''}-opset18-{shape}-{target}-v{__version__}"
 
 
-def _export_zoo(name: str, tiny: bool, batch: int | None, progress: Progress) -> Path:
+def _export_zoo(name: str, tiny: bool, batch: int | None, progress: Progress, target: str = "cpu") -> Path:
     """Export a zoo name once. A single batch size gets a fixed-batch export, because the shift rewrite needs
     static shapes; several batch sizes need a dynamic batch, which the rewrite leaves naive (said in a note)."""
     from ..export import ExportOptions, export_model
     from ..model import load_model
 
-    out = zoo_cache_dir(name, tiny, batch)
+    out = zoo_cache_dir(name, tiny, batch, target)
     if not (out / MANIFEST).is_file():
-        options = ExportOptions(dynamic_batch=True) if batch is None else ExportOptions(batch=batch)
-        with progress.step(f"Exporting {name}{' (tiny)' if tiny else ''} into the cache {out}"):
+        options = (ExportOptions(dynamic_batch=True, target=target) if batch is None
+                   else ExportOptions(batch=batch, target=target))
+        with progress.step(f"Exporting {name}{' (tiny)' if tiny else ''} (--target {target}) into the cache {out}"):
             export_model(load_model(name, tiny=tiny), out, options, overwrite=True)
         if batch is None:
             progress.note("several batch sizes need a dynamic-batch export, which the shift rewrite leaves "
@@ -223,7 +224,8 @@ def _label(path: Path) -> str:
 
 
 def resolve_input(spec: str, *, tiny: bool = False, sample_shape: Sequence[int] | None = None,
-                  batches: Sequence[int] | None = None, progress: Progress | None = None) -> ModelInput:
+                  batches: Sequence[int] | None = None, progress: Progress | None = None,
+                  target: str = "cpu") -> ModelInput:
     """Turn one command-line argument into a :class:`ModelInput`; every failure is one clear line.
 
     ``sample_shape`` (``--input-shape``) fixes dynamic non-batch dims for counting MACs from the graph."""
@@ -256,7 +258,7 @@ def resolve_input(spec: str, *, tiny: bool = False, sample_shape: Sequence[int] 
     names = list_models()
     if spec in names:
         batch = batches[0] if batches is not None and len(set(batches)) == 1 else (None if batches else 1)
-        out = _export_zoo(spec, tiny, batch, progress)
+        out = _export_zoo(spec, tiny, batch, progress, target)
         model_path = out / read_manifest(out)["artifacts"]["onnx"]
         _, dims, quantized = graph_input(model_path)
         params, macs = zoo_complexity(spec, tiny)
@@ -268,12 +270,14 @@ def resolve_input(spec: str, *, tiny: bool = False, sample_shape: Sequence[int] 
 
 
 def resolve_inputs(specs: Sequence[str], *, tiny: bool = False, sample_shape: Sequence[int] | None = None,
-                   batches: Sequence[int] | None = None, progress: Progress | None = None) -> list[ModelInput]:
+                   batches: Sequence[int] | None = None, progress: Progress | None = None,
+                   target: str = "cpu") -> list[ModelInput]:
     """Resolve every input; labels are made unique (``name``, ``name#2``) so reports never merge two models."""
     resolved: list[ModelInput] = []
     seen: dict[str, int] = {}
     for spec in specs:
-        m = resolve_input(spec, tiny=tiny, sample_shape=sample_shape, batches=batches, progress=progress)
+        m = resolve_input(spec, tiny=tiny, sample_shape=sample_shape, batches=batches, progress=progress,
+                          target=target)
         seen[m.label] = seen.get(m.label, 0) + 1
         if seen[m.label] > 1:
             m = ModelInput(**{**m.__dict__, "label": f"{m.label}#{seen[m.label]}"})

@@ -55,6 +55,7 @@ class ProfileOptions:
     peak_size: int = DEFAULT_SIZE
     spread_threshold: float = 0.05
     tiny: bool = False
+    target: str = "cpu"
     charts: bool = True
     seed: int = 0
 
@@ -262,7 +263,7 @@ def profile_models(
     if not inputs:
         raise UserError("nothing to profile: pass run directories, .onnx/.xml files or zoo model names")
     models = resolve_inputs(inputs, tiny=options.tiny, sample_shape=options.input_shape, batches=options.batches,
-                            progress=progress)
+                            progress=progress, target=options.target)
     configs, skipped = plan_configs(models, options)
     env = environment.capture()
 
