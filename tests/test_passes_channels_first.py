@@ -142,3 +142,54 @@ def test_target_npu_lists_what_an_npu_may_reject() -> None:
 def test_unknown_target_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown target"):
         optimize_model(_block(2, 2, 2), target="gpu")
+
+
+def _nodes_model(nodes, inits, inputs: dict, out_shape, out_type=TensorProto.FLOAT) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in inputs.items()],
+        [helper.make_tensor_value_info("y", out_type, out_shape)], [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _check_equal(model: onnx.ModelProto, inputs: dict) -> onnx.ModelProto:
+    lowered, _ = _lower(model)
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.standard_normal(v).astype(np.float32) for k, v in inputs.items()}
+    np.testing.assert_allclose(cpu_session(lowered).run(None, feeds)[0], cpu_session(model).run(None, feeds)[0],
+                               atol=1e-5)
+    return lowered
+
+
+def test_binary_op_keeps_its_attributes() -> None:  # Mod(fmod=1) must not become Mod(fmod=0)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Mod", ["t", "c"], ["y"], fmod=1)]
+    _check_equal(_nodes_model(nodes, {"c": np.full(4, 0.7, np.float32)}, {"x": [1, 4, 3, 5]}, [1, 3, 5, 4]),
+                 {"x": [1, 4, 3, 5]})
+
+
+def test_integer_matmul_is_not_made_a_conv() -> None:
+    nodes = [helper.make_node("Cast", ["x"], ["xi"], to=TensorProto.INT32),
+             helper.make_node("Transpose", ["xi"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["t", "w"], ["m"]), helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT)]
+    model = _nodes_model(nodes, {"w": np.ones((4, 2), np.int32)}, {"x": [1, 4, 3, 5]}, [1, 3, 5, 2])
+    assert "Conv" not in op_histogram(_check_equal(model, {"x": [1, 4, 3, 5]}))
+
+
+def test_flattened_operands_from_different_shapes_are_not_mixed() -> None:
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Transpose", ["z"], ["s"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["t", "f"], ["a"]), helper.make_node("Reshape", ["s", "f"], ["c"]),
+             helper.make_node("Add", ["a", "c"], ["y"])]
+    inputs = {"x": [1, 4, 3, 5], "z": [1, 4, 5, 3]}
+    _check_equal(_nodes_model(nodes, {"f": np.array([15, 4])}, inputs, [15, 4]), inputs)
+
+
+def test_value_read_inside_a_branch_gets_its_transpose_back() -> None:
+    out = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 5, 4]) for n in ("o1", "o2")]
+    then = helper.make_graph([helper.make_node("Relu", ["t"], ["o1"])], "then", [], [out[0]])
+    other = helper.make_graph([helper.make_node("Neg", ["t"], ["o2"])], "else", [], [out[1]])
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]
+    model = _nodes_model(nodes, {"zero": np.array(0.0, np.float32)}, {"x": [1, 4, 3, 5]}, [1, 3, 5, 4])
+    _check_equal(model, {"x": [1, 4, 3, 5]})

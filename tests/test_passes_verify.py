@@ -105,3 +105,17 @@ def test_compare_models_reports_differences():
     result = compare_models(a, b, n_samples=2)
     assert not result.passed and result.max_abs_diff > 0.1 and result.n_samples == 2
     assert compare_models(a, a).passed
+
+
+def test_a_rewritten_model_onnx_runtime_refuses_fails_verification_instead_of_raising() -> None:
+    from onnx import TensorProto, helper
+
+    from vmlp_deploy.passes import compare_models
+
+    io = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]), helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])]
+    good = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", io[:1], io[1:]),
+                             opset_imports=[helper.make_opsetid("", 18)])
+    broken = helper.make_model(helper.make_graph([helper.make_node("Conv", ["x", "x"], ["y"])], "g", io[:1], io[1:]),
+                               opset_imports=[helper.make_opsetid("", 18)])
+    result = compare_models(good, broken)
+    assert not result.passed and result.max_abs_diff == float("inf")

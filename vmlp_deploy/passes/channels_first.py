@@ -42,7 +42,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from ._graph import default_opset, static_shape
+from ._graph import FLOAT_DTYPES, default_opset, static_shape
 from .layout import _BROADCAST_BINARY, _REDUCE, _const, _only_unit_axes_move, _reduce_axes
 from .shift_to_conv import _Builder
 from .transpose_cleanup import _UNARY, _perm, _replace_value
@@ -215,7 +215,7 @@ class _ChannelsFirst:
             return None
         other = self._get(value)
         if other is not None:
-            return other.u if other == dataclasses.replace(how, u=other.u) else None
+            return other.u if self._compatible(other, how) else None
         array = _const(value)
         if array is not None:
             if array.size == 1:
@@ -240,6 +240,13 @@ class _ChannelsFirst:
         return self._typed(self.b.op("Reshape", [value, self.b.const(target, "relayout_shape")], "relayout"), value,
                            tuple(target.tolist()))
 
+    @staticmethod
+    def _compatible(a: _Pending, b: _Pending) -> bool:
+        """Both operands carry the same pending layout change (flattened ones: from the same 4-D shape)."""
+        if a.perm != b.perm or a.flat != b.flat:
+            return False
+        return a.flat is None or static_shape(a.u) == static_shape(b.u) is not None
+
     def _binary(self, node: ir.Node) -> None:
         out = node.outputs[0]
         out_shape = static_shape(out)
@@ -250,15 +257,13 @@ class _ChannelsFirst:
             return
         inputs = []
         for v, h in zip(node.inputs, hows):
-            if h is None:
-                side = self._side(v, how, rank)
-            else:
-                side = h.u if h == dataclasses.replace(how, u=h.u) else None
+            side = self._side(v, how, rank) if h is None else h.u if self._compatible(h, how) else None
             if side is None:
                 self.b.nodes = []
                 return
             inputs.append(side)
-        new = self._fold_bias(node, inputs) or self.b.op(node.op_type, inputs, node.op_type.lower())
+        new = self._fold_bias(node, inputs) or self.b.op(node.op_type, inputs, node.op_type.lower(),
+                                                         **{k: a.value for k, a in node.attributes.items()})
         if how.flat is None:
             u_shape = _transposed_shape(out_shape, tuple(int(a) for a in np.argsort(how.perm)))
         else:  # constants broadcast along the channel axis only: the shape of the pending input
@@ -328,6 +333,8 @@ class _ChannelsFirst:
         x, out = node.inputs[0], node.outputs[0]
         how = self._get(x)
         if how is None or self._get(node.inputs[1]) is not None or how.channel_axis != 1:
+            return
+        if x.dtype not in FLOAT_DTYPES:  # Conv has no integer version
             return
         u_shape = static_shape(how.u)
         out_shape = static_shape(out)
@@ -428,10 +435,8 @@ class _ChannelsFirst:
             producer = how.u.producer()
             if producer is not None:
                 self.graph.insert_after(producer, self.b.nodes)
-            elif users:
-                self.graph.insert_before(users[0][0], self.b.nodes)
-            else:
-                self.graph.extend(self.b.nodes)
+            else:  # a graph input or initializer: first thing in the main graph (users may sit in subgraphs)
+                self.graph.insert_before(next(iter(self.graph)), self.b.nodes)
             self.b.nodes = []
             for user, index in users:
                 user.replace_input_with(index, cur)
