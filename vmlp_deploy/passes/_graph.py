@@ -57,6 +57,13 @@ def infer_shapes(model: onnx.ModelProto) -> ir.Model:
     return ir.from_proto(inferred)
 
 
+def used_names(graph: ir.Graph) -> set[str]:
+    """Every name in ``graph`` (inputs, initializers, node outputs, nodes): what a fresh name must avoid."""
+    names = {v.name for v in graph.inputs} | {v.name for v in graph.initializers.values()}
+    names |= {v.name for n in graph for v in n.outputs if v.name}
+    return names | {n.name for n in graph if n.name}
+
+
 def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     """The value's shape as ints, or None when it is unknown or has a symbolic dimension."""
     if value is None or value.shape is None:

@@ -42,7 +42,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from ._graph import FLOAT_DTYPES, default_opset, static_shape
+from ._graph import FLOAT_DTYPES, default_opset, static_shape, used_names
 from .layout import _BROADCAST_BINARY, _REDUCE, _const, _only_unit_axes_move, _reduce_axes
 from .shift_to_conv import _Builder
 from .transpose_cleanup import _UNARY, _perm, _replace_value
@@ -109,9 +109,7 @@ class _ChannelsFirst:
         self.graph = model.graph
         self.stats = stats
         self.opset = default_opset(model)
-        taken = {v.name for v in self.graph.initializers.values()} | {v.name for n in self.graph for v in n.outputs}
-        taken |= {n.name for n in self.graph if n.name}
-        self.b = _Builder(self.graph, "channels_first", taken)
+        self.b = _Builder(self.graph, "channels_first", used_names(self.graph))
         self.pending: dict[int, tuple[ir.Value, _Pending]] = {}  # id(original value) -> (value, how)
         self.converted: set[int] = set()  # ids of original nodes whose outputs are all pending or replaced
         self.made_convs: set[int] = set()
@@ -126,8 +124,7 @@ class _ChannelsFirst:
         self.pending[id(value)] = (value, how)
 
     def _emit(self, anchor: ir.Node) -> None:
-        self.graph.insert_before(anchor, self.b.nodes)
-        self.b.nodes = []
+        self.b.insert_before(anchor)
 
     def _typed(self, value: ir.Value, like: ir.Value, shape: tuple[int, ...] | None) -> ir.Value:
         value.type = like.type
@@ -434,10 +431,9 @@ class _ChannelsFirst:
                                   value, how.flat)
             producer = how.u.producer()
             if producer is not None:
-                self.graph.insert_after(producer, self.b.nodes)
+                self.b.insert_after(producer)
             else:  # a graph input or initializer: first thing in the main graph (users may sit in subgraphs)
-                self.graph.insert_before(next(iter(self.graph)), self.b.nodes)
-            self.b.nodes = []
+                self.b.insert_before(next(iter(self.graph)))
             for user, index in users:
                 user.replace_input_with(index, cur)
             if value.is_graph_output():
@@ -494,9 +490,7 @@ def lower_group_views(model: ir.Model) -> int:
     lowered = 0
     graph = model.graph
     opset = default_opset(model)
-    taken = {v.name for v in graph.initializers.values()} | {v.name for n in graph for v in n.outputs}
-    taken |= {n.name for n in graph if n.name}
-    b = _Builder(graph, "group_view", taken)
+    b = _Builder(graph, "group_view", used_names(graph))
     for reshape in list(graph):
         k = _group_view(reshape)
         if k is None:
@@ -556,8 +550,7 @@ def lower_group_views(model: ir.Model) -> int:
                 new = _reduce(b, "ReduceSum", view5, axes, user.attributes.get_int("keepdims", 1), opset, "reduce")
             for n in b.nodes:
                 n.outputs[0].type = out.type
-            graph.insert_before(user, b.nodes)
-            b.nodes = []
+            b.insert_before(user)
             if kind != "weight":
                 new.shape = out.shape
                 _replace_value(graph, out, new)

@@ -28,7 +28,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from ._graph import static_shape
+from ._graph import static_shape, used_names
 from .transpose_cleanup import _BINARY, _UNARY, _perm, _replace_value
 
 _REDUCE = frozenset({
@@ -499,8 +499,7 @@ def optimize_layout(model: ir.Model, *, max_rounds: int = 8) -> LayoutStats:
     """Apply hoist, sink and reshape rules in place until nothing changes; dead nodes are removed."""
     graph = model.graph
     stats = LayoutStats(elements_moved_before=_moved(graph))
-    taken = {v.name for v in graph.initializers.values()} | {v.name for n in graph for v in n.outputs if v.name}
-    taken |= {n.name for n in graph if n.name}
+    taken = used_names(graph)
     for _ in range(max_rounds):
         changed = hoist_into_conv(model, stats, taken)
         changed |= sink_transposes(model, stats, taken)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._graph import static_shape
+from ._graph import static_shape, used_names
 from .layout import _const
 from .shift_to_conv import _Builder
 from .transpose_cleanup import _perm, _replace_value
@@ -53,9 +53,7 @@ def _patch_conv(node: ir.Node) -> tuple[int, int] | None:
 def patchify(model: ir.Model) -> int:
     """Apply the rule everywhere it matches (in place); returns how many Convs were rewritten."""
     graph = model.graph
-    taken = {v.name for v in graph.initializers.values()} | {v.name for n in graph for v in n.outputs}
-    taken |= {n.name for n in graph if n.name}
-    b = _Builder(graph, "patchify", taken)
+    b = _Builder(graph, "patchify", used_names(graph))
     done = 0
     for node in list(graph):
         kernel = _patch_conv(node)
@@ -89,8 +87,7 @@ def patchify(model: ir.Model) -> int:
         for new in b.nodes:
             new.outputs[0].type = out.type
         cur.shape = transpose.outputs[0].shape
-        graph.insert_before(node, b.nodes)
-        b.nodes = []
+        b.insert_before(node)
         _replace_value(graph, transpose.outputs[0], cur)
         done += 1
     return done

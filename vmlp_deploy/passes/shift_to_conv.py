@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from ._graph import FLOAT_DTYPES, can_raise_opset, make_session, static_shape
+from ._graph import FLOAT_DTYPES, can_raise_opset, make_session, static_shape, used_names
 from .probe import probe_region
 from .regions import SHIFT_MARKER_OPS, ConstInfo, Region, RegionFinder, analyse_constants, region_model
 from .shift_fit import ShiftPlan, channel_axis_hint, fit_shift, layout_ops
@@ -93,6 +93,16 @@ class _Builder:
         value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
         self.graph.register_initializer(value)
         return value
+
+    def insert_before(self, anchor: ir.Node) -> None:
+        """Put the nodes built so far into the graph before ``anchor``, and start a new batch."""
+        self.graph.insert_before(anchor, self.nodes)
+        self.nodes = []
+
+    def insert_after(self, anchor: ir.Node) -> None:
+        """Put the nodes built so far into the graph after ``anchor``, and start a new batch."""
+        self.graph.insert_after(anchor, self.nodes)
+        self.nodes = []
 
     def op(self, op_type: str, inputs: Sequence[ir.Value], hint: str, **attrs) -> ir.Value:
         node = ir.node(op_type, list(inputs), attrs, name=self.name(hint))
@@ -439,7 +449,7 @@ def apply_shift_sites(model: ir.Model, sites: Sequence[ShiftSite], *, edge: str 
     values.update({v.name: v for v in graph.initializers.values()})
     for node in graph:
         values.update({v.name: v for v in node.outputs if v.name})
-    taken = set(values)
+    taken = used_names(graph)
     applied = 0
     for k, site in enumerate(sites):
         x, y = values.get(site.x_name), values.get(site.y_name)

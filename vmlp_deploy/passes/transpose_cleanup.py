@@ -18,6 +18,8 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from ._graph import used_names
+
 #: Elementwise ops with one data input and no layout-dependent attributes.
 _UNARY = frozenset({
     "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cast", "Ceil", "Celu", "Clip", "Cos", "Cosh",
@@ -217,7 +219,7 @@ def cleanup_layout(model: ir.Model, *, max_rounds: int = 8) -> CleanupStats:
     """Fold and cancel Transposes and Reshapes in ``model`` in place; dead nodes are removed."""
     graph = model.graph
     stats = CleanupStats()
-    taken = {v.name for v in graph.initializers.values()} | {v.name for n in graph for v in n.outputs}
+    taken = used_names(graph)
     for _ in range(max_rounds):
         changed = _fold_transpose_pairs(graph, stats)
         changed |= _sink_transposes(graph, taken, stats)
