@@ -106,6 +106,8 @@ def test_split_attention_group_view_runs_on_the_4d_tensor() -> None:
              if v.type.tensor_type.shape.dim[-1].dim_value == w}
     assert ranks == {4}  # nothing of size H x W is 5-D any more
     assert op_histogram(lowered)["Split"] == 1 and "Slice" not in op_histogram(lowered)
+    again, again_stats = _lower(lowered)  # what the lowering leaves (a 1x1-position view) is left alone
+    assert again_stats.group_views == 0 and op_histogram(again) == op_histogram(lowered)
 
 
 def test_op_it_cannot_take_gets_the_transpose_back_once() -> None:

@@ -457,6 +457,8 @@ def _group_view(node: ir.Node) -> int | None:
         return None
     if vs[0] != xs[0] or vs[3:] != xs[2:] or vs[1] * vs[2] != xs[1] or vs[1] == 1:
         return None
+    if math.prod(xs[2:]) == 1:  # no positions: the view is already as small as the reductions make it
+        return None
     return vs[1]
 
 
