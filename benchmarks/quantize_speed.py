@@ -68,7 +68,8 @@ def latency(configs: dict[str, tuple[str, Path, str | None]], shape: tuple[int, 
     Runtimes are measured one after the other, not interleaved with each other: ONNX Runtime's spinning
     worker threads and OpenVINO's thread pool stay busy for a moment after an inference and would slow
     whichever other runtime runs next. For the same reason ONNX Runtime sessions run with spinning off: with it
-    on, the FP32 and INT8 sessions interleaved on two cores slow each other down (FP32 74 ms instead of 42 ms). ``blocks`` splits the rounds so that the spread of the ratio between
+    on, the interleaved FP32 and INT8 sessions slow each other down (FP32 74 ms instead of 48 ms).
+    ``blocks`` splits the rounds so that the spread of the ratio between
     blocks shows how much machine noise there was.
     """
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)

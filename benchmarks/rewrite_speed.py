@@ -65,6 +65,41 @@ def ov_runner(path: Path, threads: int, precision: str | None) -> tuple[Callable
     return (lambda x: request.infer({0: x})), used
 
 
+BACKENDS = ("ort_fp32", "ov_default", "ov_f32")
+
+
+def time_backends(paths: dict[str, Path], x: np.ndarray, *, threads: int, warmup: int, iterations: int,
+                  visit: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Per-inference ms for every ``backend/graph``: one backend at a time, its graphs visited in turn.
+
+    Returns the times and the OpenVINO precisions read back from the compiled models.
+    """
+    precisions: dict[str, str] = {}
+    times: dict[str, list[float]] = {}
+    for backend in BACKENDS:  # one backend at a time: no cross-runtime interference
+        runners: dict[str, Callable[[np.ndarray], object]] = {}
+        for variant, path in paths.items():
+            if backend == "ort_fp32":
+                runners[f"{backend}/{variant}"] = ort_runner(path, threads)
+            else:
+                fn, used = ov_runner(path, threads, None if backend == "ov_default" else "f32")
+                runners[f"{backend}/{variant}"] = fn
+                precisions[f"{backend}/{variant}"] = used
+        for fn in runners.values():
+            for _ in range(warmup):
+                fn(x)
+        times.update({k: [] for k in runners})
+        for _ in range(-(-iterations // visit)):
+            for key, fn in runners.items():
+                for _ in range(visit):
+                    t = time.perf_counter()
+                    fn(x)
+                    times[key].append((time.perf_counter() - t) * 1e3)
+        del runners
+        print(f"{backend}: timed", file=sys.stderr)
+    return times, precisions
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="s2mlpv2_small")
@@ -105,33 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{variant}: {len(model.graph.node)} nodes", file=sys.stderr)
 
     x = np.random.default_rng(0).standard_normal((1, 3, *lm.input_size), dtype=np.float32)
-    precisions: dict[str, str] = {}
-    times: dict[str, list[float]] = {}
-    for backend in ("ort_fp32", "ov_default", "ov_f32"):  # one backend at a time: no cross-runtime interference
-        runners: dict[str, Callable[[np.ndarray], object]] = {}
-        for variant, path in paths.items():
-            if backend == "ort_fp32":
-                runners[f"{backend}/{variant}"] = ort_runner(path, args.threads)
-            else:
-                fn, used = ov_runner(path, args.threads, None if backend == "ov_default" else "f32")
-                runners[f"{backend}/{variant}"] = fn
-                precisions[f"{backend}/{variant}"] = used
-        for fn in runners.values():
-            for _ in range(args.warmup):
-                fn(x)
-        times.update({k: [] for k in runners})
-        for _ in range(-(-args.iterations // args.visit)):
-            for key, fn in runners.items():
-                for _ in range(args.visit):
-                    t = time.perf_counter()
-                    fn(x)
-                    times[key].append((time.perf_counter() - t) * 1e3)
-        del runners
-        print(f"{backend}: timed", file=sys.stderr)
+    times, precisions = time_backends(paths, x, threads=args.threads, warmup=args.warmup,
+                                      iterations=args.iterations, visit=args.visit)
 
     medians = {k: statistics.median(v) for k, v in times.items()}
     rows = []
-    for backend in ("ort_fp32", "ov_default", "ov_f32"):
+    for backend in BACKENDS:
         naive, rewritten = medians[f"{backend}/naive"], medians[f"{backend}/rewritten"]
         row = {
             "backend": backend,
