@@ -236,12 +236,13 @@ def resolve_target(name: str | None) -> CpuTarget:
     return TARGETS[key]
 
 
-def host_stands_for(target: CpuTarget) -> bool:
-    """Whether kernels measured on the host are the ones ``target`` will run (same integer and bf16 paths)."""
+def host_stands_for(target: CpuTarget, integer_only: bool = False) -> bool:
+    """Whether kernels measured on the host are the ones ``target`` will run: the same integer path, and
+    (unless ``integer_only``, for INT8 accuracy where floats run f32) the same bf16 support."""
     h = host().isa
     t = target.isa
-    return (h.arch == t.arch and h.int8_dot32 == t.int8_dot32 and h.u8s8_saturates == t.u8s8_saturates
-            and h.bf16 == t.bf16)
+    same_int = h.arch == t.arch and h.int8_dot32 == t.int8_dot32 and h.u8s8_saturates == t.u8s8_saturates
+    return same_int and (integer_only or h.bf16 == t.bf16)
 
 
 def targets_help() -> str:

@@ -13,3 +13,9 @@ class ValidationError(UserError):
     """The exported model disagrees with PyTorch beyond tolerance: a hard gate, exit code 3."""
 
     exit_code = 3
+
+
+class FidelityGateError(UserError):
+    """The INT8 model loses more accuracy than allowed (``quantize --max-drop``): a hard gate, exit code 4."""
+
+    exit_code = 4

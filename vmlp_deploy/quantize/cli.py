@@ -10,7 +10,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .options import BACKEND_NAMES, METHODS, MODEL_TYPES, QuantizeOptions, RecipeOverrides
+from ..cpu import TARGET_NAMES, targets_help
+from .options import BACKEND_NAMES, LAYOUTS, METHODS, MODEL_TYPES, QuantizeOptions, RecipeOverrides
+from .scheme import SCHEME_NAMES
 
 if TYPE_CHECKING:
     from .stage import QuantizeResult
@@ -75,8 +77,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                              "measured worse on the zoo's MLPs; NNCF's own default is 0.95)")
     method.add_argument("--qdq-layernorm", action="store_true",
                         help="tensorrt: also put Q/DQ on LayerNormalization inputs (off: TensorRT keeps LN float)")
+    target = p.add_argument_group("deployment CPU")
+    target.add_argument("--target-cpu", choices=TARGET_NAMES, default="host", metavar="CPU",
+                        help="the CPU the model will run on (default host: this machine's); decides the integer "
+                             f"scheme. {targets_help()}")
+    target.add_argument("--int8-scheme", choices=SCHEME_NAMES, default="auto",
+                        help="auto (by --target-cpu: u8s8-7bit without a 32-bit int8 dot product, else u8s8), or "
+                             "force u8s8 / u8s8-7bit / u8u8 (cpu only); a forced scheme that can saturate warns")
+    target.add_argument("--layout", choices=LAYOUTS, default="auto",
+                        help="graph layout to quantize: auto (time the candidates on this host when it stands for "
+                             "the target, else the documented rule), as-given, or openvino (channels-first)")
+    gate = p.add_argument_group("fidelity gate (fails with exit code 4 and writes nothing)")
     p.add_argument("--eval-data", type=Path, metavar="DIR",
                    help="ImageFolder (one folder per class, sorted names = class index): real top-1 of FP32 and INT8")
+    gate.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                      help="with --eval-data: largest INT8 top-1 drop allowed, in points (default 1.0)")
+    gate.add_argument("--gate-agreement", type=float, default=0.95, metavar="FRACTION",
+                      help="without --eval-data, trained weights: smallest held-out top-1 agreement with FP32 "
+                           "(default 0.95; random-weight models are not gated on agreement)")
+    gate.add_argument("--no-gate", action="store_true", help="write the model even when the gate fails (warns)")
     p.add_argument("--threads", type=int, help="threads for the fidelity and accuracy runs (default: all)")
     p.set_defaults(func=_cmd_quantize)
 
@@ -88,7 +107,9 @@ def _options(args: argparse.Namespace) -> QuantizeOptions:
         percentile=args.percentile, keep_float=args.keep_float, min_agreement=args.min_agreement,
         sensitivity_rounds=args.sensitivity_rounds, model_type=args.model_type,
         smooth_quant_alpha=args.smooth_quant_alpha, qdq_layernorm=args.qdq_layernorm, eval_data=args.eval_data,
-        allow_upscale=args.allow_upscale, threads=args.threads,
+        allow_upscale=args.allow_upscale, threads=args.threads, target_cpu=args.target_cpu,
+        int8_scheme=args.int8_scheme, layout=args.layout, max_drop=args.max_drop, gate_agreement=args.gate_agreement,
+        gate=not args.no_gate,
         recipe=RecipeOverrides(
             input_size=tuple(args.input_size) if args.input_size else None,
             mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
@@ -129,6 +150,13 @@ def print_result(console: Console, result: QuantizeResult) -> None:
     table.add_row("kept in float", str(len(result.keep_float)) + (
         f" ({', '.join(result.keep_float[:3])}{', ...' if len(result.keep_float) > 3 else ''})"
         if result.keep_float else ""))
+    if result.target is not None and result.scheme is not None:
+        table.add_row("target CPU / scheme", f"{result.target.name} ({result.target.isa.summary()}) / "
+                      f"{result.scheme.scheme.name}")
+    if result.gate is not None:
+        verdict = "passed" if result.gate.passed else "FAILED (--no-gate)"
+        table.add_row("fidelity gate", f"{verdict}: {result.gate.checked}" if result.gate.bound is not None
+                      else "not gated (random weights)")
     table.add_row("time / peak memory", f"{result.timings['total']:.1f} s / {result.peak_rss_mb:.0f} MB")
     console.print(table)
     for line in result.warnings:

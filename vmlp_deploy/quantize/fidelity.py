@@ -10,13 +10,13 @@ model on the same backend, on held-out samples that did not calibrate:
   of the signal's (10 % in amplitude); every 6 dB more halves the error amplitude.
 
 Per-layer SQNR is measured at the output of every layer that reads quantized activations (the nodes INT8
-actually changes), FP32 against INT8, so it shows where the error accumulates through the network. It is
-exact for both runtimes:
+actually changes), FP32 against INT8, so it shows where the error accumulates through the network. Both
+runtimes run their deployed kernels, because a float simulation of the QDQ graph cannot see what the
+integer kernels of the CPU do (u8 x s8 pair saturation without VNNI, ``../shared/reference/isa.md``):
 
-* ONNX Runtime: the QDQ graph runs with graph optimisations off, i.e. as the ONNX spec defines it (each
-  layer computes in float from dequantized int8 inputs and weights); a layer's output keeps its tensor name
-  in the QDQ graph, so the FP32 and INT8 tensors are paired by name and exposed as extra graph outputs.
-  Fusing into integer kernels changes results only by float rounding of the requantisation.
+* ONNX Runtime: both graphs run with every graph optimisation on; a layer is read where the fused graph
+  keeps it (the (u)int8 output of its QuantizeLinear, dequantized, or its own float output), see
+  ``_dequantizer``.
 * OpenVINO: the INT8 IR keeps the ONNX node names (a Gemm or biased Conv becomes ``name/WithoutBiases`` +
   an Add named ``name``), so the same names are made extra outputs of both compiled models, f32 pinned.
   NNCF's SmoothQuant rescales the activations feeding a layer (and its weights inversely); comparing at the
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from ..backends import BACKENDS, RunOptions, Session
 from .data import BatchReader
@@ -155,37 +156,65 @@ def layer_sqnr(
     return sorted(out, key=lambda layer: layer.sqnr_db)
 
 
-def _picker(session: Session, index: list[int]) -> Callable[[np.ndarray], list[np.ndarray]]:
-    """One inference, the probed outputs in ``index`` order."""
+def _picker(session: Session, index: list[int],
+            read: list[Callable[[np.ndarray], np.ndarray]] | None = None) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """One inference, the probed outputs in ``index`` order (each passed through ``read``, if given)."""
 
     def run(x: np.ndarray) -> list[np.ndarray]:
         outs = session.run(x)
-        return [outs[i] for i in index]
+        if read is None:
+            return [outs[i] for i in index]
+        return [f(outs[i]) for i, f in zip(index, read, strict=True)]
 
     return run
 
 
+def _dequantizer(model: onnx.ModelProto, tensor: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """Where the deployed INT8 graph keeps ``tensor``, and how to read it back as float.
+
+    ONNX Runtime fuses ``DQ -> layer -> Q`` into one integer kernel (QGemm, QLinearConv, ...) whose output is
+    the Q node's (u)int8 tensor; a layer's float output only exists in the unfused graph. So a layer followed
+    by a per-tensor QuantizeLinear is read at that Q output and dequantized here (exposing it as a graph output
+    leaves every fusion in place: the logits are bit-identical); any other layer is read at its own output.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] != tensor or len(node.input) < 3:
+            continue
+        if node.input[1] in inits and node.input[2] in inits:
+            scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+            zero = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+            if scale.size == 1 and zero.size == 1:
+                s, z = float(scale), float(zero)
+                return node.output[0], lambda q: (q.astype(np.float32) - z) * s
+    return tensor, lambda v: v
+
+
 def ort_layer_probes(float_model: Path, int8_model: Path, nodes: list[str], work: Path,
                      threads: int | None) -> tuple[Callable, Callable, list[tuple[str, str, str]]]:
-    """Both ONNX graphs with the outputs of ``nodes`` exposed, run unoptimised in ONNX Runtime."""
+    """Both ONNX graphs with the outputs of ``nodes`` exposed, run with every graph optimisation on: the INT8
+    numbers come from the integer kernels that will be deployed (saturation included), not from a float
+    simulation of the QDQ graph."""
     fm = onnx.load(str(float_model))
     qm = onnx.load(str(int8_model))
     by_name = {n.name: n for n in fm.graph.node}
     q_tensors = {o for n in qm.graph.node for o in n.output}
     layers = [(name, by_name[name].op_type, by_name[name].output[0]) for name in nodes
               if name in by_name and by_name[name].output[0] in q_tensors]
+    taps = {"fp32": [(t, lambda v: v) for _, _, t in layers],
+            "int8": [_dequantizer(qm, t) for _, _, t in layers]}
     runs = []
     for model, tag in ((fm, "fp32"), (qm, "int8")):
         existing = {o.name for o in model.graph.output}
-        for _, _, tensor in layers:
+        for tensor, _ in taps[tag]:
             if tensor not in existing:
                 model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+                existing.add(tensor)
         path = work / f"probe-{tag}.onnx"
         onnx.save(model, str(path))
-        session = BACKENDS["cpu"].load(path, RunOptions(threads=threads, opt_level="disable"))
+        session = BACKENDS["cpu"].load(path, RunOptions(threads=threads))
         names = [o.name for o in model.graph.output]
-        index = [names.index(t) for _, _, t in layers]
-        runs.append(_picker(session, index))
+        runs.append(_picker(session, [names.index(t) for t, _ in taps[tag]], [f for _, f in taps[tag]]))
     return runs[0], runs[1], layers
 
 

@@ -20,6 +20,8 @@ BACKEND_NAMES: tuple[str, ...] = ("cpu", "openvino", "tensorrt")
 METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 MODEL_TYPES: tuple[str, ...] = ("auto", "transformer", "cnn")
 AUTO = "auto"
+#: ``--layout``: measure the candidates (auto), keep the graph as given, or use the channels-first rewrite.
+LAYOUTS: tuple[str, ...] = ("auto", "as-given", "openvino")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,12 @@ class QuantizeOptions:
     allow_upscale: bool = False
     threads: int | None = None
     recipe: RecipeOverrides = field(default_factory=RecipeOverrides)
+    target_cpu: str = "host"
+    int8_scheme: str = "auto"
+    max_drop: float = 1.0
+    gate_agreement: float = 0.95
+    gate: bool = True
+    layout: str = "auto"
 
     @property
     def keep_float_auto(self) -> bool:
@@ -102,6 +110,14 @@ class QuantizeOptions:
             raise UserError("--keep-float takes either 'auto' or a list of node names/op types, not both")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be at least 1, got {self.threads}")
+        if not 0.0 <= self.max_drop <= 100.0:
+            raise UserError(f"--max-drop is in top-1 points, 0..100, got {self.max_drop}")
+        if not 0.0 <= self.gate_agreement <= 1.0:
+            raise UserError(f"--gate-agreement is a fraction in [0, 1], got {self.gate_agreement}")
+        if self.layout not in LAYOUTS:
+            raise UserError(f"unknown --layout {self.layout!r}: use one of {', '.join(LAYOUTS)}")
+        if self.layout == "openvino" and self.backend == "tensorrt":
+            raise UserError("--layout openvino applies to --backend cpu and openvino: drop it for tensorrt")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings that apply to this backend (the others are dropped so the manifest does not mislead)."""

@@ -30,6 +30,7 @@ from ..progress import Progress
 from ._bar import bar
 from .data import BatchReader
 from .options import QuantizeOptions
+from .scheme import IntegerScheme
 from .source import SourceModel
 
 #: Bytes of intermediate tensors a histogram calibrator may hold at once (one chunk of samples).
@@ -49,12 +50,14 @@ class OrtScheme:
     op_types: tuple[str, ...] | None
     extra: dict[str, Any] = field(default_factory=dict)
     gelu_float: bool = False
+    reduce_range: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": "QDQ",
             "activations": f"{self.activation_type}, {'symmetric' if self.activation_symmetric else 'asymmetric'}, per-tensor",
-            "weights": f"{self.weight_type}, symmetric, per-channel",
+            "weights": f"{self.weight_type}{' (7 bits: reduce_range)' if self.reduce_range else ''}, symmetric, "
+                       "per-channel",
             "op_types_to_quantize": "onnxruntime defaults (all QDQ-capable ops)" if self.op_types is None
             else list(self.op_types),
             "extra_options": self.extra,
@@ -62,10 +65,14 @@ class OrtScheme:
         }
 
 
-#: x86 with VNNI (this machine): u8 activations x s8 weights is the fast integer path (ORT's own guidance).
-#: The exact-GELU subgraph stays float: ONNX Runtime fuses it into one Gelu kernel, which quantized Mul/Add
-#: nodes inside it would prevent (five int8 elementwise ops plus Q/DQ instead of one float kernel).
-CPU_SCHEME = OrtScheme("cpu", "QUInt8", "QInt8", False, None, {"WeightSymmetric": True}, gelu_float=True)
+def cpu_scheme(integer: IntegerScheme) -> OrtScheme:
+    """ONNX Runtime settings for an integer scheme chosen for the target CPU (``scheme.py``).
+
+    The exact-GELU subgraph stays float: ONNX Runtime fuses it into one Gelu kernel, which quantized Mul/Add
+    nodes inside it would prevent (five int8 elementwise ops plus Q/DQ instead of one float kernel).
+    """
+    return OrtScheme(f"cpu/{integer.name}", "QUInt8", integer.ort_weight_type, False, None, {"WeightSymmetric": True},
+                     gelu_float=True, reduce_range=integer.reduce_range)
 
 
 def gelu_nodes(model: onnx.ModelProto) -> list[str]:
@@ -258,7 +265,7 @@ class OrtQuantizer:
                 quant_format=q.QuantFormat.QDQ,
                 op_types_to_quantize=list(self.scheme.op_types) if self.scheme.op_types else None,
                 per_channel=True,
-                reduce_range=False,
+                reduce_range=self.scheme.reduce_range,
                 activation_type=getattr(q.QuantType, self.scheme.activation_type),
                 weight_type=getattr(q.QuantType, self.scheme.weight_type),
                 nodes_to_exclude=list(keep_float) + self.float_by_default,

@@ -22,8 +22,9 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 
+from .. import cpu
 from ..backends import BACKENDS, RunOptions, Session
-from ..errors import UserError
+from ..errors import FidelityGateError, UserError
 from ..progress import Progress, Quiet
 from ..rundir import MANIFEST, check_output_dir, peak_rss_mb, sha256_file, staged_dir, write_json
 from ._bar import bar
@@ -39,8 +40,9 @@ from .fidelity import (
 )
 from .openvino_nncf import OpenVinoQuantizer, require_openvino
 from .options import QuantizeOptions
-from .ort_static import CPU_SCHEME, OrtQuantizer
+from .ort_static import OrtQuantizer, cpu_scheme
 from .report import write_report
+from .scheme import IntegerScheme, SchemeChoice, choose_scheme
 from .sensitivity import SearchResult, rank_layers, search
 from .source import SourceModel, open_source, resolve_recipe
 from .tensorrt_qdq import TensorRtQuantizer, check_graph
@@ -93,6 +95,50 @@ class AccuracyReport:
                 "top5_int8": self.top5_int8, "top1_delta_points": round(self.delta_points, 3)}
 
 
+@dataclass(frozen=True)
+class GateResult:
+    """The fidelity gate's verdict: what was checked, against which bound, and whether it held."""
+
+    checked: str
+    value: float | None
+    bound: float | None
+    passed: bool
+    enforced: bool
+    note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checked": self.checked, "value": self.value, "bound": self.bound, "passed": self.passed,
+                "enforced": self.enforced, "note": self.note}
+
+
+def fidelity_gate(opt: QuantizeOptions, logits: Any, accuracy: AccuracyReport | None, random_weights: bool,
+                  kept: int) -> GateResult:
+    """Top-1 drop on ``--eval-data`` (at most ``--max-drop`` points), else top-1 agreement with FP32 for trained
+    weights (at least ``--gate-agreement``); random weights have near-tied logits, so agreement says nothing."""
+    enforced = opt.gate
+    tried = f" with {kept} layer(s) kept in float by --keep-float auto" if opt.keep_float_auto else ""
+    hint = ("" if opt.keep_float_auto else "try --keep-float auto, ") + \
+        "calibrate on more of your own images (--calibration-data), or pass --no-gate to write it anyway"
+    if accuracy is not None:
+        drop = -accuracy.delta_points
+        ok = drop <= opt.max_drop
+        note = (f"INT8 top-1 {accuracy.top1_int8:.2%} vs FP32 {accuracy.top1_fp32:.2%} on {accuracy.images} "
+                f"--eval-data images: a drop of {drop:.2f} points{tried}, "
+                + ("within" if ok else "above") + f" --max-drop {opt.max_drop:g}")
+        return GateResult("eval top-1 drop (points)", round(drop, 3), opt.max_drop, ok, enforced,
+                          note if ok else f"{note}: {hint}")
+    if random_weights:
+        return GateResult("none", None, None, True, enforced,
+                          "random weights: logits are near-tied, so top-1 agreement is not gated; pass --eval-data "
+                          "(an ImageFolder) with a trained checkpoint for a real accuracy gate")
+    agreement = logits.top1_agreement
+    ok = agreement >= opt.gate_agreement
+    note = (f"top-1 agreement with FP32 {agreement:.1%} on {logits.samples} held-out samples{tried}, "
+            + ("at or above" if ok else "below") + f" --gate-agreement {opt.gate_agreement:.0%}")
+    return GateResult("held-out top-1 agreement", agreement, opt.gate_agreement, ok, enforced,
+                      note if ok else f"{note}: {hint}")
+
+
 @dataclass
 class QuantizeResult:
     """Where the quantized model went, how it was made and how close it stays to FP32."""
@@ -112,6 +158,9 @@ class QuantizeResult:
     timings: dict[str, float]
     peak_rss_mb: float
     warnings: list[str] = field(default_factory=list)
+    target: cpu.CpuTarget | None = None
+    scheme: SchemeChoice | None = None
+    gate: GateResult | None = None
 
 
 def default_output(path: Path, backend: str) -> Path:
@@ -120,12 +169,12 @@ def default_output(path: Path, backend: str) -> Path:
     return base.with_name(f"{base.name}-int8-{backend}")
 
 
-def make_quantizer(source: SourceModel, options: QuantizeOptions, work: Path) -> Quantizer:
+def make_quantizer(source: SourceModel, options: QuantizeOptions, scheme: IntegerScheme, work: Path) -> Quantizer:
     if options.backend == "cpu":
-        return OrtQuantizer(source, options, CPU_SCHEME, work)
+        return OrtQuantizer(source, options, cpu_scheme(scheme), work)
     if options.backend == "tensorrt":
         return TensorRtQuantizer(source, options, work)
-    return OpenVinoQuantizer(source, options, work)
+    return OpenVinoQuantizer(source, options, scheme, work)
 
 
 def resolve_keep_float(patterns: tuple[str, ...], float_model: Path) -> list[str]:
@@ -237,6 +286,16 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
     source = open_source(run_dir)
     if opt.backend == "openvino":
         require_openvino()
+    target = cpu.resolve_target(opt.target_cpu)
+    choice = choose_scheme(opt.backend, target, opt.int8_scheme)
+    progress.note(f"INT8 scheme {choice.scheme.name}: {choice.reason}")
+    if choice.warning:
+        warnings.append(choice.warning)
+    host_ok = opt.backend == "tensorrt" or cpu.host_stands_for(target, integer_only=True)
+    if not host_ok:
+        warnings.append(f"this host ({cpu.host().isa.summary()}) does not run the integer kernels of --target-cpu "
+                        f"{target.name} ({target.isa.summary()}): fidelity below is the host's; "
+                        "the target's saturation is predicted separately")
     out = opt.output or default_output(run_dir, opt.backend)
     check_output_dir(out, opt.overwrite)
     recipe, recipe_origin = resolve_recipe(source, opt.recipe)
@@ -257,7 +316,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
 
     with tempfile.TemporaryDirectory(prefix="vmlp-quantize-") as work_name, staged_dir(out, opt.overwrite) as tmp:
         work = Path(work_name)
-        quantizer = make_quantizer(source, opt, work)
+        quantizer = make_quantizer(source, opt, choice.scheme, work)
         t = time.perf_counter()
         quantizer.prepare(data.calibration, progress)
         timed("calibrate", t)
@@ -297,8 +356,8 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
                                   source.batch)
             fidelity.layers_measured, fidelity.layer_samples = len(measured), min(LAYER_SAMPLES, len(data.held_out))
             fidelity.worst_layers = measured[:WORST_LAYERS]
-            fidelity.layer_method = ("ONNX Runtime, QDQ graph unoptimised (ONNX semantics), outputs of quantized layers"
-                                     if quantizer.runtime == "cpu" else
+            fidelity.layer_method = ("ONNX Runtime, all graph optimisations (deployed integer kernels), outputs of "
+                                     "quantized layers" if quantizer.runtime == "cpu" else
                                      "OpenVINO f32 pinned, outputs of quantized layers")
         timed("fidelity", t)
         if logits.top1_agreement < opt.min_agreement:
@@ -310,16 +369,30 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
             t = time.perf_counter()
             accuracy = _accuracy(folder, recipe, fp32, int8, source.batch, progress)
             timed("accuracy", t)
+        random_weights = bool(source.manifest.get("model", {}).get("random_weights", False))
+        gate = fidelity_gate(opt, logits, accuracy, random_weights, len(keep))
+        if not gate.passed:
+            if opt.gate:
+                raise FidelityGateError(f"fidelity gate failed: {gate.note}")
+            warnings.append(f"--no-gate: written although the fidelity gate failed ({gate.note})")
         timings["total"] = round(time.perf_counter() - start, 3)
         peak = peak_rss_mb()
         settings = {**opt.to_dict(), **quantizer.settings()}
         manifest = _manifest(source, opt, recipe, recipe_origin, model_path, settings, data.stats, keep,
                              sensitivity, fidelity, accuracy, graph_check, timings, peak, warnings)
+        manifest["stages"]["quantize"].update(_target_record(target, choice, host_ok, gate))
         write_json(tmp / MANIFEST, manifest)
         result = QuantizeResult(out, out / model_path.name, opt.backend, source.onnx_path, manifest, settings,
-                                data.stats, fidelity, accuracy, keep, sensitivity, graph_check, timings, peak, warnings)
+                                data.stats, fidelity, accuracy, keep, sensitivity, graph_check, timings, peak, warnings,
+                                target, choice, gate)
         write_report(tmp / "quantize.md", result)
     return result
+
+
+def _target_record(target: cpu.CpuTarget, choice: SchemeChoice, host_ok: bool, gate: GateResult) -> dict[str, Any]:
+    """Which CPU the model is for, which it was measured on, and the integer scheme chosen between them."""
+    return {"target_cpu": target.to_dict(), "host_cpu": cpu.host().to_dict(), "host_stands_for_target": host_ok,
+            "integer_scheme": choice.to_dict(), "gate": gate.to_dict()}
 
 
 def _manifest(source: SourceModel, opt: QuantizeOptions, recipe: Any, recipe_origin: str, model_path: Path,
