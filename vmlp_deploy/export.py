@@ -290,6 +290,8 @@ def export_model(
                     "exporter": opt.exporter,
                     "opset": opt.opset,
                     "batch": "dynamic" if opt.dynamic_batch else opt.batch,
+                    "seed": opt.seed,
+                    "target": opt.target,
                     "input_name": INPUT_NAME,
                     "output_name": OUTPUT_NAME,
                     "passes": passes,

@@ -14,7 +14,7 @@ import fnmatch
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +41,7 @@ from .fidelity import (
 from .openvino_nncf import OpenVinoQuantizer, require_openvino
 from .options import QuantizeOptions
 from .ort_static import OrtQuantizer, cpu_scheme
+from .layout import QuickQuantize, choose_layout
 from .report import write_report
 from .scheme import IntegerScheme, SchemeChoice, choose_scheme
 from .sensitivity import SearchResult, rank_layers, search
@@ -175,6 +176,17 @@ def make_quantizer(source: SourceModel, options: QuantizeOptions, scheme: Intege
     if options.backend == "tensorrt":
         return TensorRtQuantizer(source, options, work)
     return OpenVinoQuantizer(source, options, scheme, work)
+
+
+def _quick_quantizer(opt: QuantizeOptions, scheme: IntegerScheme) -> QuickQuantize:
+    """Quantize a layout candidate on a few samples, nothing kept in float: only its speed is wanted."""
+
+    def run(candidate: SourceModel, samples: np.ndarray, folder: Path) -> Path:
+        quantizer = make_quantizer(candidate, replace(opt, keep_float=()), scheme, folder)
+        quantizer.prepare(samples, Quiet())
+        return quantizer.quantize([], folder)
+
+    return run
 
 
 def resolve_keep_float(patterns: tuple[str, ...], float_model: Path) -> list[str]:
@@ -316,7 +328,11 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
 
     with tempfile.TemporaryDirectory(prefix="vmlp-quantize-") as work_name, staged_dir(out, opt.overwrite) as tmp:
         work = Path(work_name)
-        quantizer = make_quantizer(source, opt, choice.scheme, work)
+        layout = choose_layout(source, opt.backend, opt.layout, host_ok, data.calibration,
+                               _quick_quantizer(opt, choice.scheme), work, progress, opt.threads,
+                               named_nodes=bool(opt.keep_float) and not opt.keep_float_auto)
+        progress.note(f"Layout: {layout.layout} ({layout.how}: {layout.reason})")
+        quantizer = make_quantizer(layout.source, opt, choice.scheme, work)
         t = time.perf_counter()
         quantizer.prepare(data.calibration, progress)
         timed("calibrate", t)
@@ -381,6 +397,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
         manifest = _manifest(source, opt, recipe, recipe_origin, model_path, settings, data.stats, keep,
                              sensitivity, fidelity, accuracy, graph_check, timings, peak, warnings)
         manifest["stages"]["quantize"].update(_target_record(target, choice, host_ok, gate))
+        manifest["stages"]["quantize"]["layout"] = layout.to_dict()
         write_json(tmp / MANIFEST, manifest)
         result = QuantizeResult(out, out / model_path.name, opt.backend, source.onnx_path, manifest, settings,
                                 data.stats, fidelity, accuracy, keep, sensitivity, graph_check, timings, peak, warnings,

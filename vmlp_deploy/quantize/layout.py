@@ -1,0 +1,172 @@
+"""Quantize the graph layout the backend runs fastest in INT8 on the target CPU (``--layout auto``).
+
+The default export lays token maps out channels-last (``--target cpu``: ONNX Runtime's fastest float graph).
+OpenVINO's integer kernels can prefer the channels-first export (``--target openvino``: 1x1 Convs instead of
+MatMuls, no Transposes), and float speed does not tell: on an AVX2-only Zen 3, s2mlpv2_small ran 123 ms
+(channels-last) vs 125 ms (channels-first) in f32, but 122 ms vs 75 ms once quantized (issue 9).
+
+So the candidates are the source graph and, for a zoo model this stage can rebuild exactly (random weights
+under the recorded seed, or the recorded checkpoint with the same sha256), its channels-first re-export. The
+re-export must compute the same function as the source on the calibration samples, or it is dropped.
+
+* host stands for the target (same integer path): each candidate is quantized on a few calibration samples
+  (ranges do not change speed) and its INT8 latency is timed on the backend, interleaved; the faster wins.
+* otherwise the documented rule: channels-first for ``openvino`` (the measurement above, and BENCHMARKS.md),
+  the source graph for ``cpu`` (ONNX Runtime runs the channels-last graph fastest, BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import BACKENDS, RunOptions
+from ..errors import UserError
+from ..progress import Progress
+from ..rundir import sha256_file
+from .source import SourceModel
+
+#: Calibration samples for the quick quantization that is only timed.
+TIMING_SAMPLES = 8
+#: Interleaved rounds of one inference per candidate (after warm-up); the median decides.
+TIMING_ROUNDS = 15
+#: The channels-first graph must be this much faster to be chosen over the source graph (timing noise).
+MARGIN = 0.03
+#: Largest difference between the source and the re-exported logits, relative to the logits' range.
+SAME_FUNCTION_RTOL = 1e-4
+
+#: What the rule picks when the host cannot time the target's kernels.
+RULE = {"openvino": "openvino", "cpu": "as-given"}
+
+QuickQuantize = Callable[[SourceModel, np.ndarray, Path], Path]
+
+
+@dataclass
+class LayoutChoice:
+    """The layout quantized, the graph it is in, and how it was chosen."""
+
+    layout: str
+    source: SourceModel
+    how: str
+    reason: str
+    candidates: dict[str, str] = field(default_factory=dict)
+    int8_median_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layout": self.layout, "onnx": str(self.source.onnx_path), "how": self.how, "reason": self.reason,
+                "candidates": self.candidates, "int8_median_ms": self.int8_median_ms}
+
+
+def _rebuild_channels_first(source: SourceModel, work: Path) -> tuple[Path | None, str]:
+    """The channels-first re-export of a zoo run directory, or None and why it cannot be made."""
+    from ..export import ExportOptions, export_model
+    from ..model import load_model
+
+    manifest = source.manifest
+    model = manifest.get("model") or {}
+    export = (manifest.get("stages") or {}).get("export")
+    if not source.has_manifest or export is None or "name" not in model:
+        return None, "not an export run directory of a zoo model (nothing to re-export from)"
+    if "optimize" in manifest.get("stages", {}):
+        return None, "the source went through `optimize`: its graph is not the export's"
+    target = export.get("target", (export.get("rewrite") or {}).get("target", "cpu"))
+    if target != "cpu":
+        return None, f"the export is already laid out for --target {target}"
+    if export.get("batch") == "dynamic":
+        return None, "dynamic-batch exports are not rewritten"
+    checkpoint = model.get("checkpoint")
+    if checkpoint:
+        path = Path(checkpoint["path"])
+        if not path.is_file() or sha256_file(path) != checkpoint["sha256"]:
+            return None, f"its checkpoint {path} is gone or changed since the export"
+    elif not model.get("random_weights"):
+        return None, "its weights were not loaded from a checkpoint file, so they cannot be rebuilt"
+    lm = load_model(model["name"], checkpoint=Path(checkpoint["path"]) if checkpoint else None,
+                    tiny=bool(model.get("tiny")), input_size=tuple(model["input_size"]), seed=int(export.get("seed", 0)))
+    out = work / "layout-openvino"
+    result = export_model(lm, out, ExportOptions(opset=int(export["opset"]), exporter=str(export["exporter"]),
+                                                 batch=int(export["batch"]), target="openvino",
+                                                 seed=int(export.get("seed", 0))))
+    return result.onnx_path, "re-exported with --target openvino"
+
+
+def _same_function(a: Path, b: Path, samples: np.ndarray, batch: int | None) -> bool:
+    from .fidelity import run_all
+
+    outs = [run_all(BACKENDS["cpu"].load(p, RunOptions(threads=None)), samples, batch) for p in (a, b)]
+    if outs[0].shape != outs[1].shape:
+        return False
+    scale = float(np.abs(outs[0]).max()) or 1.0
+    return float(np.abs(outs[0] - outs[1]).max()) <= SAME_FUNCTION_RTOL * scale
+
+
+def _time_int8(backend: str, models: dict[str, Path], x: np.ndarray, threads: int | None) -> dict[str, float]:
+    """Median latency per candidate, one inference each per round, rounds interleaved (ORT spinning off, so one
+    session's spinning threads do not steal the next one's cores; OpenVINO's float parts pinned to f32)."""
+    precision = "f32" if backend == "openvino" else None
+    timers = {name: BACKENDS[backend].load(path, RunOptions(threads=threads, precision=precision, spinning=False))
+              .timer(x) for name, path in models.items()}
+    for timer in timers.values():
+        for _ in range(3):
+            timer()
+    times: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(TIMING_ROUNDS):
+        for name, timer in timers.items():
+            times[name].append(timer())
+    return {name: round(float(np.median(t)) * 1e3, 3) for name, t in times.items()}
+
+
+def choose_layout(source: SourceModel, backend: str, requested: str, host_ok: bool, samples: np.ndarray,
+                  quick_quantize: QuickQuantize, work: Path, progress: Progress, threads: int | None = None,
+                  named_nodes: bool = False) -> LayoutChoice:
+    """The graph to quantize for ``backend``: see the module docstring. ``named_nodes``: the user named nodes
+    of the source graph (``--keep-float NAMES``), which a re-export would not have."""
+    if backend == "tensorrt" or requested == "as-given":
+        why = "TensorRT lays out its own engine" if backend == "tensorrt" else "--layout as-given"
+        return LayoutChoice("as-given", source, "requested" if requested == "as-given" else "rule", why)
+    if named_nodes:
+        if requested == "openvino":
+            raise UserError("--keep-float NAMES name nodes of the source graph, which --layout openvino replaces: "
+                            "use --keep-float auto, or quantize a `vmlp-deploy export --target openvino` run")
+        return LayoutChoice("as-given", source, "rule", "--keep-float names nodes of the source graph")
+    if requested == "auto" and not host_ok and RULE[backend] == "as-given":
+        return LayoutChoice("as-given", source, "rule", f"{backend} runs the channels-last export fastest "
+                            "(BENCHMARKS.md); this host cannot time the target's kernels")
+    with progress.step("Re-exporting channels-first (--target openvino) as a layout candidate"):
+        path, note = _rebuild_channels_first(source, work)
+        if path is not None and not _same_function(source.onnx_path, path, samples[:4], source.batch):
+            path, note = None, "the re-export does not reproduce the source model's outputs"
+    candidates = {"as-given": str(source.onnx_path), "openvino": str(path) if path else f"unavailable: {note}"}
+    if path is None:
+        if requested == "openvino":
+            raise UserError(f"--layout openvino: cannot make the channels-first graph ({note}); re-export with "
+                            "`vmlp-deploy export --target openvino` and quantize that run directory")
+        return LayoutChoice("as-given", source, "only candidate", note, candidates)
+    channels_first = dataclasses.replace(source, onnx_path=path)
+    if requested == "openvino":
+        return LayoutChoice("openvino", channels_first, "requested", "--layout openvino", candidates)
+    if not host_ok:
+        return LayoutChoice("openvino", channels_first, "rule", "OpenVINO's INT8 kernels run the channels-first "
+                            "graph fastest (BENCHMARKS.md); this host cannot time the target's kernels", candidates)
+    with progress.step(f"Timing INT8 of both layouts on {backend} ({TIMING_SAMPLES} calibration samples each)"), \
+            tempfile.TemporaryDirectory(prefix="layout-", dir=work) as scratch:
+        quantized = {}
+        for name, src in (("as-given", source), ("openvino", channels_first)):
+            folder = Path(scratch) / name
+            folder.mkdir()
+            quantized[name] = quick_quantize(src, samples[:TIMING_SAMPLES], folder)
+        x = samples[: source.batch or 1]
+        medians = _time_int8(backend, quantized, x, threads)
+    progress.note("INT8 median latency by layout: " + ", ".join(f"{k} {v:.1f} ms" for k, v in medians.items()))
+    ratio = medians["openvino"] / medians["as-given"]
+    if ratio <= 1 - MARGIN:
+        return LayoutChoice("openvino", channels_first, "measured", f"channels-first INT8 is {ratio:.2f}x the "
+                            "source graph's latency on this host", candidates, medians)
+    return LayoutChoice("as-given", source, "measured", f"channels-first INT8 is {ratio:.2f}x the source graph's "
+                        f"latency on this host (switching needs <= {1 - MARGIN:.2f}x)", candidates, medians)
