@@ -1,0 +1,214 @@
+"""INT8 for the CPU it is deployed to: the scheme per ISA, models that differ only where the scheme says, the
+fidelity gate, the layout choice, and host/target in every manifest. No expectation assumes this host's CPU."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from vmlp_deploy.models import create_model
+
+from vmlp_deploy import cpu
+from vmlp_deploy.errors import FidelityGateError, UserError
+from vmlp_deploy.export import ExportOptions, export_model
+from vmlp_deploy.model import LoadedModel, load_model
+from vmlp_deploy.preprocess import Recipe
+from vmlp_deploy.quantize import QuantizeOptions, quantize_run
+from vmlp_deploy.quantize.fidelity import LogitsReport
+from vmlp_deploy.quantize.scheme import SCHEMES, choose_scheme
+from vmlp_deploy.quantize.stage import AccuracyReport, fidelity_gate
+
+Cli = Callable[..., tuple[int, str, str]]
+FAST = dict(num_samples=16, holdout=4, layout="as-given")
+
+#: target name -> the scheme ``auto`` must pick for cpu/openvino (from the ISA's facts, isa.md).
+EXPECTED = {"avx2": "u8s8-7bit", "avx512": "u8s8-7bit", "avx-vnni": "u8s8", "avx512-vnni": "u8s8",
+            "avx512-bf16": "u8s8", "amx": "u8s8", "arm64": "u8s8", "arm64-dotprod": "u8s8", "arm64-i8mm": "u8s8"}
+
+
+@pytest.mark.parametrize("name", list(cpu.TARGETS))
+@pytest.mark.parametrize("backend", ["cpu", "openvino"])
+def test_auto_scheme_for_every_isa(name: str, backend: str) -> None:
+    target = cpu.TARGETS[name]
+    choice = choose_scheme(backend, target)
+    assert choice.scheme.name == EXPECTED[name] and not choice.forced and choice.warning is None
+    assert not choice.scheme.saturates_on(target.isa), "auto never picks a scheme that saturates on its target"
+    assert choice.scheme.reduce_range == target.isa.u8s8_saturates
+    assert choice.scheme.nncf_overflow_fix == ("enable" if target.isa.u8s8_saturates else "disable")
+    assert name in choice.reason
+
+
+@pytest.mark.parametrize("name", list(cpu.TARGETS))
+def test_forced_schemes_warn_exactly_where_they_saturate(name: str) -> None:
+    target = cpu.TARGETS[name]
+    for scheme in ("u8s8", "u8s8-7bit", "u8u8"):
+        choice = choose_scheme("cpu", target, scheme)
+        assert choice.forced and choice.scheme.name == scheme
+        assert (choice.warning is not None) == (scheme == "u8s8" and target.isa.u8s8_saturates)
+
+
+def test_scheme_errors_and_tensorrt() -> None:
+    avx2 = cpu.TARGETS["avx2"]
+    assert choose_scheme("tensorrt", avx2).scheme.name == "s8s8"
+    with pytest.raises(UserError, match="NNCF weights are signed"):
+        choose_scheme("openvino", avx2, "u8u8")
+    with pytest.raises(UserError, match="TensorRT"):
+        choose_scheme("tensorrt", avx2, "u8s8")
+    with pytest.raises(UserError, match="unknown --target-cpu 'avx9'"):
+        cpu.resolve_target("avx9")
+
+
+def test_isa_facts_from_cpuinfo_text() -> None:
+    zen3 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel name\t: AMD EPYC 7B13\ncpu MHz\t\t: 2450.0\n" \
+           "flags\t\t: fpu sse sse2 avx avx2 fma f16c\n"
+    isa, model, mhz = cpu.parse_cpuinfo(zen3, "x86_64")
+    assert model == "AMD EPYC 7B13" and mhz == 2450.0
+    assert isa.u8s8_saturates and not isa.bf16 and not isa.int8_dot32 and isa.vector_bits == 256
+    zen4 = zen3.replace("avx2 fma", "avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512_bf16")
+    isa4, _, _ = cpu.parse_cpuinfo(zen4, "x86_64")
+    assert isa4.int8_dot32 and isa4.bf16 and isa4.datapath_bits == 256, "Zen 4 runs AVX-512 on 256-bit units"
+    isa5, _, _ = cpu.parse_cpuinfo(zen4.replace(": 25", ": 26"), "x86_64")
+    assert isa5.datapath_bits == 512
+    arm, _, _ = cpu.parse_cpuinfo("Features\t: fp asimd asimddp\n", "aarch64")
+    assert arm.int8_dot32 and not arm.u8s8_saturates and arm.summary() == "aarch64 NEON dotprod"
+
+
+@pytest.fixture(scope="module")
+def s2_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("target") / "s2"
+    export_model(load_model("s2mlpv2_small", tiny=True), out, ExportOptions())
+    return out
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {n.input[0]: inits[n.input[0]] for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim >= 2}
+
+
+def test_avx2_and_vnni_models_differ_only_in_weight_bits_onnxruntime(s2_run: Path, tmp_path: Path) -> None:
+    runs = {}
+    for target in ("avx2", "avx512-vnni"):
+        runs[target] = quantize_run(s2_run, QuantizeOptions(backend="cpu", output=tmp_path / target,
+                                                            target_cpu=target, **FAST))
+    w7, w8 = _weights(tmp_path / "avx2" / "model.onnx"), _weights(tmp_path / "avx512-vnni" / "model.onnx")
+    assert w7.keys() == w8.keys() and w7
+    assert max(int(np.abs(w).max()) for w in w7.values()) <= 64 < min(int(np.abs(w).max()) for w in w8.values())
+    a, b = (onnx.load(str(tmp_path / t / "model.onnx")) for t in ("avx2", "avx512-vnni"))
+    assert [(n.op_type, list(n.input)) for n in a.graph.node] == [(n.op_type, list(n.input)) for n in b.graph.node]
+    acts = {n.input[1] for n in a.graph.node if n.op_type == "QuantizeLinear"}
+    inits_a = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer if t.name in acts}
+    inits_b = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer if t.name in acts}
+    assert all(np.array_equal(inits_a[k], inits_b[k]) for k in inits_a), "activation scales do not depend on target"
+    for target, scheme in (("avx2", "u8s8-7bit"), ("avx512-vnni", "u8s8")):
+        q = json.loads((tmp_path / target / "manifest.json").read_text())["stages"]["quantize"]
+        assert q["target_cpu"]["name"] == target and q["integer_scheme"]["name"] == scheme
+        assert q["host_cpu"]["summary"] == cpu.host().isa.summary()
+        stands = cpu.host_stands_for(cpu.TARGETS[target], integer_only=True)
+        assert q["host_stands_for_target"] == stands
+        assert any("does not run the integer kernels" in w for w in q["warnings"]) == (not stands)
+        assert q["settings"]["target_cpu"] == target
+
+
+def test_avx2_and_vnni_models_differ_only_in_weight_bits_openvino(s2_run: Path, tmp_path: Path) -> None:
+    import openvino as ov
+
+    ranges = {}
+    for target in ("avx2", "avx512-vnni"):
+        r = quantize_run(s2_run, QuantizeOptions(backend="openvino", output=tmp_path / target, target_cpu=target,
+                                                 **FAST))
+        assert r.settings["overflow_fix"].startswith(SCHEMES[r.scheme.scheme.name].nncf_overflow_fix)
+        consts = [op.get_data() for op in ov.Core().read_model(str(tmp_path / target / "model.xml")).get_ordered_ops()
+                  if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8]
+        ranges[target] = [int(np.abs(c).max()) for c in consts]
+    assert len(ranges["avx2"]) == len(ranges["avx512-vnni"]) > 0
+    assert max(ranges["avx2"]) <= 64 < min(ranges["avx512-vnni"])
+
+
+def _logits(agreement: float) -> LogitsReport:
+    return LogitsReport(50, agreement, 1.0, 0.99, 0.9, 30.0)
+
+
+def _accuracy(fp32: float, int8: float) -> AccuracyReport:
+    return AccuracyReport("eval", 500, 10, 0, fp32, int8, 1.0, 1.0)
+
+
+def test_gate_rules() -> None:
+    opt = QuantizeOptions()
+    assert fidelity_gate(opt, _logits(0.5), _accuracy(0.98, 0.975), False, 0).passed
+    failed = fidelity_gate(opt, _logits(1.0), _accuracy(0.98, 0.96), False, 0)
+    assert not failed.passed and failed.value == pytest.approx(2.0) and "--keep-float auto" in failed.note
+    assert fidelity_gate(QuantizeOptions(max_drop=2.5), _logits(1.0), _accuracy(0.98, 0.96), False, 0).passed
+    random = fidelity_gate(opt, _logits(0.1), None, True, 0)
+    assert random.passed and random.bound is None and "not gated" in random.note
+    trained = fidelity_gate(opt, _logits(0.9), None, False, 0)
+    assert not trained.passed and trained.bound == 0.95
+
+
+@pytest.fixture(scope="module")
+def fragile_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1000 near-tied classes make INT8 top-1 disagree with FP32 on some samples; weights marked trained."""
+    torch.manual_seed(0)
+    module = create_model("s2mlpv2_small", tiny=True, num_classes=1000)
+    d = module.vmlp_cfg.data
+    lm = LoadedModel(module, "s2mlpv2_small", module.vmlp_cfg,
+                     Recipe(d.input_size, d.mean, d.std, d.crop_pct, d.interpolation), False, None)
+    out = tmp_path_factory.mktemp("gate") / "fragile"
+    export_model(lm, out, ExportOptions())
+    return out
+
+
+def test_gate_failure_writes_nothing_and_no_gate_writes_with_a_warning(fragile_trained: Path, cli: Cli,
+                                                                       tmp_path: Path) -> None:
+    data = tmp_path / "noise.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((40, 3, 56, 56)).astype(np.float32) * 3)
+    args = ("quantize", fragile_trained, "--backend", "cpu", "--num-samples", "16", "--holdout", "24",
+            "--layout", "as-given", "--calibration-data", data)
+    code, out, err = cli(*args, "-o", tmp_path / "gated")
+    assert code == 4, out
+    assert "fidelity gate failed" in err and "--no-gate" in err and "Traceback" not in err
+    assert not (tmp_path / "gated").exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    code, out, err = cli(*args, "-o", tmp_path / "forced", "--no-gate")
+    assert code == 0, err
+    q = json.loads((tmp_path / "forced" / "manifest.json").read_text())["stages"]["quantize"]
+    assert not q["gate"]["passed"] and q["gate"]["bound"] == 0.95 and any(w.startswith("--no-gate")
+                                                                          for w in q["warnings"])
+    code, _, err = cli(*args, "-o", tmp_path / "loose", "--gate-agreement", "0")
+    assert code == 0, err
+    with pytest.raises(FidelityGateError):
+        quantize_run(fragile_trained, QuantizeOptions(backend="cpu", output=tmp_path / "api", num_samples=16,
+                                                      holdout=24, layout="as-given", calibration_data=data))
+
+
+def test_layout_rule_measurement_and_names(s2_run: Path, tmp_path: Path) -> None:
+    """Timed on the host when it stands for the target; the documented rule otherwise; node names pin it."""
+    measured = quantize_run(s2_run, QuantizeOptions(backend="openvino", output=tmp_path / "m", num_samples=16,
+                                                    holdout=4))
+    lay = json.loads((tmp_path / "m" / "manifest.json").read_text())["stages"]["quantize"]["layout"]
+    assert lay["how"] == "measured" and set(lay["int8_median_ms"]) == {"as-given", "openvino"}
+    assert measured.fidelity.logits.cosine_mean > 0.9
+    foreign = next(name for name, t in cpu.TARGETS.items()
+                   if not cpu.host_stands_for(t, integer_only=True) and t.isa.x86)
+    ruled = quantize_run(s2_run, QuantizeOptions(backend="openvino", output=tmp_path / "r", num_samples=16, holdout=4,
+                                                 target_cpu=foreign))
+    lay = json.loads((tmp_path / "r" / "manifest.json").read_text())["stages"]["quantize"]["layout"]
+    assert lay["how"] == "rule" and lay["layout"] == "openvino" and ruled.model_path.suffix == ".xml"
+    import openvino as ov
+
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(ruled.model_path)).get_ordered_ops()}
+    assert "Transpose" not in ops, "channels-first end to end"
+    cpu_rule = quantize_run(s2_run, QuantizeOptions(backend="cpu", output=tmp_path / "c", num_samples=16, holdout=4,
+                                                    target_cpu=foreign))
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["stages"]["quantize"]["layout"]["layout"] == \
+        "as-given" and cpu_rule.model_path.suffix == ".onnx"
+    with pytest.raises(UserError, match="--keep-float NAMES"):
+        quantize_run(s2_run, QuantizeOptions(backend="cpu", output=tmp_path / "k", num_samples=16, holdout=4,
+                                             layout="openvino", keep_float=("Gemm",)))
