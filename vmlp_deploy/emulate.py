@@ -42,7 +42,7 @@ _NOISE = re.compile(r"^qemu-x86_64: warning: TCG doesn't support requested featu
 _CHILD = r'''
 import json, sys
 import numpy as np
-model, backend, threads, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+model, backend, threads, batch, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 try:
     from numpy._core._multiarray_umath import __cpu_features__ as features
 except ImportError:
@@ -58,13 +58,28 @@ if backend == "cpu":
     so.log_severity_level = 3
     session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    outputs = session.run(None, {session.get_inputs()[0].name: x})
+    feed = session.get_inputs()[0].name
+    run = lambda xb: session.run(None, {feed: xb})
 else:
     import openvino as ov
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads})
     names = [o.get_any_name() for o in compiled.outputs]
-    result = compiled(x)
-    outputs = [result[o] for o in compiled.outputs]
+
+    def run(xb):
+        result = compiled(xb)
+        return [result[o] for o in compiled.outputs]
+if batch:
+    parts = []
+    for i in range(0, len(x), batch):
+        xb = x[i : i + batch]
+        n = len(xb)
+        if n < batch:
+            xb = np.concatenate([xb, np.repeat(xb[-1:], batch - n, axis=0)])
+        parts.append([np.asarray(y)[:n] for y in run(xb)])
+    outputs = [np.concatenate(ys) for ys in zip(*parts)]
+else:
+    outputs = run(x)
+if backend == "openvino":
     for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()
         kind = info["primitiveType"].value if "primitiveType" in info else "unknown"
@@ -138,9 +153,13 @@ def _errors(stderr: str) -> str:
 
 
 def emulate(model_path: Path, inputs: np.ndarray, backend: str = "cpu", cpu_model: str = "Haswell",
-            timeout_s: float = DEFAULT_TIMEOUT_S, threads: int = 1) -> EmulatedRun:
+            timeout_s: float = DEFAULT_TIMEOUT_S, threads: int = 1, batch: int | None = None) -> EmulatedRun:
     """Run ``model_path`` on ``inputs`` (its single input) in ONNX Runtime (``cpu``) or OpenVINO under
-    ``qemu-x86_64 -cpu cpu_model``, graph optimisations on; every output comes back."""
+    ``qemu-x86_64 -cpu cpu_model``, graph optimisations on; every output comes back.
+
+    ``batch`` feeds a fixed-batch model ``batch`` samples per inference inside the one emulated process (the
+    last batch padded by repetition, outputs trimmed and concatenated along axis 0); None feeds ``inputs`` whole.
+    """
     reason = emulation_available()
     if reason is not None:
         raise EmulationError(f"cannot emulate {cpu_model}: {reason}")
@@ -156,7 +175,8 @@ def emulate(model_path: Path, inputs: np.ndarray, backend: str = "cpu", cpu_mode
         work = Path(tmp)
         np.save(work / "input.npy", np.ascontiguousarray(inputs))
         (work / "child.py").write_text(_CHILD)
-        cmd = [QEMU, "-cpu", cpu_model, python, str(work / "child.py"), str(model_path), backend, str(threads), tmp]
+        cmd = [QEMU, "-cpu", cpu_model, python, str(work / "child.py"), str(model_path), backend, str(threads),
+               str(batch or 0), tmp]
         start = time.perf_counter()
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=tmp)
@@ -175,6 +195,6 @@ def emulate(model_path: Path, inputs: np.ndarray, backend: str = "cpu", cpu_mode
 
 
 def run_emulated(model_path: Path, inputs: np.ndarray, backend: str = "cpu", cpu_model: str = "Haswell",
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> np.ndarray:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, batch: int | None = None) -> np.ndarray:
     """The first output of ``model_path`` on ``inputs`` as computed by an emulated ``cpu_model`` (AVX2 by default)."""
-    return emulate(model_path, inputs, backend, cpu_model, timeout_s).outputs[0]
+    return emulate(model_path, inputs, backend, cpu_model, timeout_s, batch=batch).outputs[0]
