@@ -121,7 +121,7 @@ class EmulationError(UserError):
 
 @dataclass(frozen=True)
 class EmulatedRun:
-    """Outputs of one emulated inference and what the emulated CPU presented."""
+    """Outputs of one emulated run and what the emulated CPU presented."""
 
     outputs: list[np.ndarray]
     names: list[str]
@@ -182,7 +182,7 @@ def emulate(model_path: Path, inputs: np.ndarray, backend: str = "cpu", cpu_mode
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=tmp)
         except subprocess.TimeoutExpired:
             raise EmulationError(f"emulated {backend} run of {model_path.name} on {cpu_model} took over "
-                                 f"{timeout_s:.0f} s: feed fewer samples or raise timeout_s") from None
+                                 f"{timeout_s:g} s: feed fewer samples or raise timeout_s") from None
         seconds = time.perf_counter() - start
         if "unable to find CPU model" in done.stderr:
             raise EmulationError(f"QEMU has no CPU model {cpu_model!r}: `{QEMU} -cpu help` lists them")
