@@ -26,6 +26,7 @@ def render(r: QuantizeResult) -> str:
     lines += [f"Source `{r.source}` → `{r.model_path.name}` in `{r.out_dir}`.", ""]
     if r.warnings:
         lines += ["**Warnings**", ""] + [f"- {w}" for w in r.warnings] + [""]
+    lines += _target_section(q)
     lines += ["## Fidelity (held-out samples, INT8 vs FP32)", ""]
     lines += _table(["metric", "value"], [
         ["samples (never used to calibrate)", f.samples],
@@ -69,6 +70,7 @@ def render(r: QuantizeResult) -> str:
         ["preprocessing", f"{q['preprocessing_source']}: {_recipe(r.manifest.get('preprocessing'))}"],
         *([["note", c.note]] if c.note else []),
     ])
+    lines += _saturation_section(q.get("saturation_prediction"))
     lines += ["## Settings", ""]
     lines += _table(["setting", "value"], [[k, f"`{v}`"] for k, v in r.settings.items()
                                            if v not in (None, (), [], {}) and k != "recipe"])
@@ -79,6 +81,40 @@ def render(r: QuantizeResult) -> str:
     lines += _table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in r.timings.items()])
     lines += [f"Peak resident memory of the process: {r.peak_rss_mb:.0f} MB.", ""]
     return "\n".join(lines)
+
+
+def _target_section(q: dict[str, Any]) -> list[str]:
+    """Which CPU the model is for, which it was measured on, the integer scheme, the layout and the gate."""
+    if "target_cpu" not in q:
+        return []
+    t, h, s, g = q["target_cpu"], q["host_cpu"], q["integer_scheme"], q["gate"]
+    lay = q.get("layout") or {}
+    rows = [
+        ["target CPU", f"`{t['name']}`: {t['summary']} ({t['description']})"],
+        ["host CPU (measured on)", f"{h['model']}: {h['summary']}"
+         + ("" if q["host_stands_for_target"] else " — **not the target's integer kernels**: fidelity below is the "
+                                                  "host's, the target's saturation is predicted")],
+        ["integer scheme", f"`{s['name']}` ({s['description']}): {s['reason']}"],
+    ]
+    if lay:
+        rows.append(["layout", f"`{lay['layout']}` ({lay['how']}: {lay['reason']})"])
+    rows.append(["fidelity gate", ("passed" if g["passed"] else "**failed**, written with --no-gate")
+                 + f": {g['note']}"])
+    return ["## Target", ""] + _table(["", ""], rows)
+
+
+def _saturation_section(pred: dict[str, Any] | None) -> list[str]:
+    if not pred:
+        return []
+    sm = pred["summary"]
+    lines = [f"## Predicted int16 saturation on `{pred['target']}` ({pred['samples']} held-out samples)", "",
+             f"{sm['saturated_pairs']} of {sm['pairs']} u8 x s8 pairs ({sm['rate']:.3%}) leave the int16 range in "
+             f"{sm['saturating_layers']} of {sm['layers']} integer layers. Method: {pred['method']}.", ""]
+    if sm["saturated_pairs"]:
+        lines += _table(["node", "kernel", "pairs saturated", "output SQNR dB"],
+                        [[f"`{w['node']}`", w["kernel"], f"{w['rate']:.3%}", _db(w["sqnr_db"])]
+                         for w in pred["worst_layers"] if w["saturated_pairs"]])
+    return lines
 
 
 def _recipe(p: dict[str, Any] | None) -> str:

@@ -43,6 +43,9 @@ from .options import QuantizeOptions
 from .ort_static import OrtQuantizer, cpu_scheme
 from .layout import QuickQuantize, choose_layout
 from .report import write_report
+from .saturation import DEFAULT_SAMPLES as SATURATION_SAMPLES
+from .saturation import predict as predict_saturation
+from .saturation import summarize as summarize_saturation
 from .scheme import IntegerScheme, SchemeChoice, choose_scheme
 from .sensitivity import SearchResult, rank_layers, search
 from .source import SourceModel, open_source, resolve_recipe
@@ -376,6 +379,16 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
                                      "quantized layers" if quantizer.runtime == "cpu" else
                                      "OpenVINO f32 pinned, outputs of quantized layers")
         timed("fidelity", t)
+        saturation = None
+        if quantizer.runtime == "cpu" and opt.backend == "cpu" and target.isa.u8s8_saturates:
+            t = time.perf_counter()
+            with progress.step(f"Predicting int16 pair saturation on {target.name} ({target.isa.summary()})"):
+                saturation = _predict_saturation(model_path, data.held_out, source, target, work)
+            if saturation["summary"]["saturated_pairs"]:
+                warnings.append(f"predicted on {target.name}: {saturation['summary']['rate']:.3%} of u8 x s8 pairs "
+                                f"saturate in {saturation['summary']['saturating_layers']} layer(s) "
+                                "(see saturation_prediction in the manifest); --int8-scheme auto avoids it")
+            timed("saturation_prediction", t)
         if logits.top1_agreement < opt.min_agreement:
             warnings.append(f"top-1 agreement {logits.top1_agreement:.1%} is below --min-agreement "
                             f"{opt.min_agreement:.1%}" + ("" if opt.keep_float_auto else
@@ -398,12 +411,24 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
                              sensitivity, fidelity, accuracy, graph_check, timings, peak, warnings)
         manifest["stages"]["quantize"].update(_target_record(target, choice, host_ok, gate))
         manifest["stages"]["quantize"]["layout"] = layout.to_dict()
+        manifest["stages"]["quantize"]["saturation_prediction"] = saturation
         write_json(tmp / MANIFEST, manifest)
         result = QuantizeResult(out, out / model_path.name, opt.backend, source.onnx_path, manifest, settings,
                                 data.stats, fidelity, accuracy, keep, sensitivity, graph_check, timings, peak, warnings,
                                 target, choice, gate)
         write_report(tmp / "quantize.md", result)
     return result
+
+
+def _predict_saturation(model_path: Path, samples: np.ndarray, source: SourceModel, target: cpu.CpuTarget,
+                        work: Path) -> dict[str, Any]:
+    """Per layer, how often u8 x s8 pairs leave int16 on ``target``'s kernels (saturation.py), worst first."""
+    layers = predict_saturation(model_path, samples, source.input_name, source.batch, work)
+    worst = sorted((layer for layer in layers if layer.pairs), key=lambda layer: (-layer.rate, layer.sqnr_db))
+    return {"target": target.name, "samples": min(len(samples), SATURATION_SAMPLES),
+            "method": "u8 activation codes of the held-out samples x int8 weights, pairs of adjacent K summed in "
+                      "int16 as vpmaddubsw does (quantize/saturation.py)",
+            "summary": summarize_saturation(layers).to_dict(), "worst_layers": [w.to_dict() for w in worst[:10]]}
 
 
 def _target_record(target: cpu.CpuTarget, choice: SchemeChoice, host_ok: bool, gate: GateResult) -> dict[str, Any]:
