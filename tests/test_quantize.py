@@ -26,7 +26,8 @@ from vmlp_deploy.quantize.sensitivity import search
 from vmlp_deploy.quantize.tensorrt_qdq import check_graph
 
 Cli = Callable[..., tuple[int, str, str]]
-FAST = ("--num-samples", "24", "--holdout", "8")
+#: Small and deterministic: the layout choice (timed, so machine-dependent) has its own tests.
+FAST = ("--num-samples", "24", "--holdout", "8", "--layout", "as-given")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def s2_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cpu_run(s2_run: Path) -> Path:
     out = s2_run.parent / "s2-int8-cpu"
-    quantize_run(s2_run, QuantizeOptions(backend="cpu", num_samples=24, holdout=8))
+    quantize_run(s2_run, QuantizeOptions(backend="cpu", num_samples=24, holdout=8, layout="as-given"))
     return out
 
 
@@ -110,6 +111,7 @@ def test_histogram_calibration_in_memory_bounded_chunks(method: str, s2_run: Pat
     """Histogram calibrators hold whole tensors: a tiny budget forces several chunks, whose histograms merge."""
     monkeypatch.setattr("vmlp_deploy.quantize.ort_static.HISTOGRAM_CHUNK_BYTES", 1)
     result = quantize_run(s2_run, QuantizeOptions(backend="cpu", output=tmp_path / method, num_samples=24, holdout=8,
+                                                  layout="as-given",
                                                   method=method, percentile=99.9))
     settings = result.settings
     assert settings["calibration_method"] == method and settings["calibration_chunk_batches"] == 1
