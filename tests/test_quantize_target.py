@@ -212,3 +212,15 @@ def test_layout_rule_measurement_and_names(s2_run: Path, tmp_path: Path) -> None
     with pytest.raises(UserError, match="--keep-float NAMES"):
         quantize_run(s2_run, QuantizeOptions(backend="cpu", output=tmp_path / "k", num_samples=16, holdout=4,
                                              layout="openvino", keep_float=("Gemm",)))
+
+
+def test_keep_float_auto_ranks_with_the_targets_saturation(fragile_trained: Path, tmp_path: Path) -> None:
+    """A forced u8s8 for an AVX2 target: the ranking adds each layer's predicted int16 clipping noise."""
+    data = tmp_path / "noise.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((40, 3, 56, 56)).astype(np.float32) * 3)
+    result = quantize_run(fragile_trained, QuantizeOptions(
+        backend="cpu", output=tmp_path / "kf", num_samples=16, holdout=24, layout="as-given", calibration_data=data,
+        target_cpu="avx2", int8_scheme="u8s8", keep_float=("auto",), sensitivity_rounds=1, gate=False))
+    pred = result.manifest["stages"]["quantize"]["saturation_prediction"]
+    assert pred["target"] == "avx2" and pred["summary"]["pairs"] > 0
+    assert result.sensitivity is not None and len(result.sensitivity.history) <= 2

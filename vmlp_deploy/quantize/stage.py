@@ -254,8 +254,13 @@ def _accuracy(folder: ImageFolder, recipe: Any, fp32: Session, int8: Session, ba
 
 
 def _auto_keep_float(quantizer: Quantizer, source: SourceModel, options: QuantizeOptions, data: SampleSet,
-                     fp32: Session, int8_path: Path, work: Path, progress: Progress) -> SearchResult:
-    """Rank layers by local INT8 noise, then keep the smallest prefix in float that meets --min-agreement."""
+                     fp32: Session, int8_path: Path, work: Path, progress: Progress,
+                     saturating: bool) -> SearchResult:
+    """Rank layers by local INT8 noise, then keep the smallest prefix in float that meets --min-agreement.
+
+    Every agreement is measured on the deployed kernels. When the scheme saturates on the target
+    (``saturating``: a forced u8s8 for a CPU without VNNI), each layer's predicted saturation noise joins its
+    rank, so the layers the target's int16 pairs clip come first even on a host that does not clip them."""
     samples = data.calibration[:SEARCH_SAMPLES]
     reference = run_all(fp32, samples, source.batch).argmax(-1)
 
@@ -270,6 +275,12 @@ def _auto_keep_float(quantizer: Quantizer, source: SourceModel, options: Quantiz
         consumers = quantizer.quantized_consumers(int8_path)
         ranked = rank_layers(quantizer.float_model, consumers, data.calibration[:RANK_SAMPLES], source.input_name,
                              source.batch, options.backend != "cpu", work, options.threads)
+        if saturating:
+            clipped = {layer.node: 10 ** (-layer.sqnr_db / 10) for layer in predict_saturation(
+                int8_path, data.calibration[:RANK_SAMPLES], source.input_name, source.batch, work)
+                if layer.saturated_pairs}
+            ranked = sorted((replace(r, noise_to_signal=r.noise_to_signal + clipped.get(r.node, 0.0)) for r in ranked),
+                            key=lambda r: -r.noise_to_signal)
     order = [r.node for r in ranked]
 
     def measure(prefix: list[str]) -> float:
@@ -349,7 +360,8 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
         sensitivity = None
         if opt.keep_float_auto:
             t = time.perf_counter()
-            sensitivity = _auto_keep_float(quantizer, source, opt, data, fp32, model_path, work, progress)
+            sensitivity = _auto_keep_float(quantizer, source, opt, data, fp32, model_path, work, progress,
+                                           opt.backend == "cpu" and choice.scheme.saturates_on(target.isa))
             keep = sensitivity.kept
             if keep:
                 with progress.step(f"Quantizing for {opt.backend} with {len(keep)} layer(s) kept in float"):
