@@ -10,8 +10,10 @@ silently (-5 points top-1 on a digits model, ``../shared/reference/isa.md``). Tw
 * ``u8u8``: unsigned weights, which MLAS runs through a widening 16-bit kernel (no pair sums), at a cost in
   speed. ONNX Runtime only; NNCF's weights are always signed.
 
-Measured (BENCHMARKS.md, "INT8 encodings"): on the AVX2 kernels both keep the digits models' FP32 accuracy,
-and ``u8s8-7bit`` is the faster of the two on ONNX Runtime, so it is the choice for saturating targets.
+Measured (``benchmarks/int8_schemes.py``, BENCHMARKS.md "INT8 schemes"): on emulated AVX2 kernels both keep
+the digits models' FP32 top-1 (within 0.19 points; 8-bit u8s8 lost up to 0.56), and on ONNX Runtime
+s2mlpv2_small ran u8s8-7bit at 0.531x FP32 (the same as u8s8, 0.532x: the same kernels) but u8u8 at 0.795x,
+so ``u8s8-7bit`` is the choice for saturating targets.
 Targets with a 32-bit-accumulating int8 dot product (VNNI, AVX-VNNI, AMX, Arm dot product / i8mm) and plain
 Arm NEON (which widens each product to 16 bits before adding) keep full 8-bit weights: ``u8s8``.
 TensorRT's explicit quantization is symmetric s8 x s8 on the GPU, whatever the CPU.

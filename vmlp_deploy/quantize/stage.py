@@ -173,19 +173,21 @@ def default_output(path: Path, backend: str) -> Path:
     return base.with_name(f"{base.name}-int8-{backend}")
 
 
-def make_quantizer(source: SourceModel, options: QuantizeOptions, scheme: IntegerScheme, work: Path) -> Quantizer:
+def make_quantizer(source: SourceModel, options: QuantizeOptions, scheme: IntegerScheme, work: Path,
+                   architecture: Path | None = None) -> Quantizer:
+    """``architecture``: the source graph, when ``source`` is its channels-first re-export."""
     if options.backend == "cpu":
         return OrtQuantizer(source, options, cpu_scheme(scheme), work)
     if options.backend == "tensorrt":
         return TensorRtQuantizer(source, options, work)
-    return OpenVinoQuantizer(source, options, scheme, work)
+    return OpenVinoQuantizer(source, options, scheme, work, architecture)
 
 
-def _quick_quantizer(opt: QuantizeOptions, scheme: IntegerScheme) -> QuickQuantize:
+def _quick_quantizer(opt: QuantizeOptions, scheme: IntegerScheme, architecture: Path) -> QuickQuantize:
     """Quantize a layout candidate on a few samples, nothing kept in float: only its speed is wanted."""
 
     def run(candidate: SourceModel, samples: np.ndarray, folder: Path) -> Path:
-        quantizer = make_quantizer(candidate, replace(opt, keep_float=()), scheme, folder)
+        quantizer = make_quantizer(candidate, replace(opt, keep_float=()), scheme, folder, architecture)
         quantizer.prepare(samples, Quiet())
         return quantizer.quantize([], folder)
 
@@ -343,10 +345,10 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
     with tempfile.TemporaryDirectory(prefix="vmlp-quantize-") as work_name, staged_dir(out, opt.overwrite) as tmp:
         work = Path(work_name)
         layout = choose_layout(source, opt.backend, opt.layout, host_ok, data.calibration,
-                               _quick_quantizer(opt, choice.scheme), work, progress, opt.threads,
+                               _quick_quantizer(opt, choice.scheme, source.onnx_path), work, progress, opt.threads,
                                named_nodes=bool(opt.keep_float) and not opt.keep_float_auto)
         progress.note(f"Layout: {layout.layout} ({layout.how}: {layout.reason})")
-        quantizer = make_quantizer(layout.source, opt, choice.scheme, work)
+        quantizer = make_quantizer(layout.source, opt, choice.scheme, work, source.onnx_path)
         t = time.perf_counter()
         quantizer.prepare(data.calibration, progress)
         timed("calibrate", t)
