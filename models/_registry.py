@@ -81,6 +81,8 @@ class ResolvedCfg:
 
 
 _REGISTRY: dict[str, Variant] = {}
+#: family name (and short aliases such as ``mixer``) -> the family's default variant
+_FAMILY_DEFAULTS: dict[str, str] = {}
 
 
 def register(variant: Variant) -> Variant:
@@ -88,6 +90,24 @@ def register(variant: Variant) -> Variant:
         raise ValueError(f"model variant {variant.name!r} is registered twice")
     _REGISTRY[variant.name] = variant
     return variant
+
+
+def register_family(family: str, default: str, *aliases: str) -> None:
+    """Let the family's name (and ``aliases``) stand for ``default`` wherever a model name is accepted."""
+    for name in (family, *aliases):
+        if name in _REGISTRY or name in _FAMILY_DEFAULTS:
+            raise ValueError(f"family name {name!r} is already taken")
+        _FAMILY_DEFAULTS[name] = default
+
+
+def family_defaults() -> dict[str, str]:
+    """Family names and aliases -> default variant, e.g. ``{"s2mlpv2": "s2mlpv2_small", ...}``."""
+    return dict(_FAMILY_DEFAULTS)
+
+
+def canonical_name(name: str) -> str:
+    """The variant a name means: itself, or the default variant of the family it names."""
+    return get_variant(name).name
 
 
 def list_models(family: str | None = None) -> list[str]:
@@ -102,10 +122,11 @@ class UnknownModelError(KeyError):
 
 
 def get_variant(name: str) -> Variant:
+    """A registered variant by its name, or a family's default variant by the family's name."""
     try:
-        return _REGISTRY[name]
+        return _REGISTRY[_FAMILY_DEFAULTS.get(name, name)]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, [*_REGISTRY, *_FAMILY_DEFAULTS], n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "run `vmlp-deploy models` to list them"
         raise UnknownModelError(f"unknown model {name!r}: {hint}") from None
 

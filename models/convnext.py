@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._layers import Mlp, init_weights
-from ._registry import DataCfg, Paper, StateDict, Variant, register
+from ._registry import DataCfg, Paper, StateDict, Variant, register, register_family
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -173,3 +173,6 @@ for _name, (_arch, (_params, _macs, _top1)) in _VARIANTS.items():
             timm_name=f"{_name}.fb_in1k",
         )
     )
+
+#: `vmlp-deploy export --model convnext` builds this variant.
+register_family("convnext", "convnext_tiny")

@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ._layers import init_weights
-from ._registry import DataCfg, Paper, Variant, register
+from ._registry import DataCfg, Paper, Variant, register, register_family
 from .mlp_mixer import PatchEmbed
 
 
@@ -142,3 +142,6 @@ for _name, (_arch, _paper) in _VARIANTS.items():
             timm_name=_name,
         )
     )
+
+#: `vmlp-deploy export --model gmlp` builds this variant.
+register_family("gmlp", "gmlp_s16_224")

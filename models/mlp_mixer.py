@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ._layers import Mlp, init_weights
-from ._registry import DataCfg, Paper, StateDict, Variant, register
+from ._registry import DataCfg, Paper, StateDict, Variant, register, register_family
 
 
 class PatchEmbed(nn.Module):
@@ -207,3 +207,6 @@ for _name, (_arch, _paper) in _VARIANTS.items():
             timm_name=_name,
         )
     )
+
+#: `vmlp-deploy export --model mixer` builds this variant.
+register_family("mlp_mixer", "mixer_s16_224", "mixer")

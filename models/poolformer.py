@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._layers import init_weights
-from ._registry import DataCfg, Paper, StateDict, Variant, register
+from ._registry import DataCfg, Paper, StateDict, Variant, register, register_family
 
 
 class GroupNorm1(nn.GroupNorm):
@@ -239,3 +239,6 @@ for _name, (_arch, (_params, _macs, _top1), _crop) in _VARIANTS.items():
             timm_name=f"{_name}.sail_in1k",
         )
     )
+
+#: `vmlp-deploy export --model poolformer` builds this variant.
+register_family("poolformer", "poolformer_s12")

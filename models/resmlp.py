@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ._layers import Mlp, init_weights
-from ._registry import DataCfg, Paper, StateDict, Variant, register
+from ._registry import DataCfg, Paper, StateDict, Variant, register, register_family
 from .mlp_mixer import PatchEmbed
 
 
@@ -164,3 +164,6 @@ for _name, (_arch, _paper, _timm_name) in _VARIANTS.items():
             timm_name=_timm_name,
         )
     )
+
+#: `vmlp-deploy export --model resmlp` builds this variant.
+register_family("resmlp", "resmlp_12_224")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ._layers import Mlp, init_weights
-from ._registry import DataCfg, Paper, StateDict, Variant, register
+from ._registry import DataCfg, Paper, StateDict, Variant, register, register_family
 
 
 def spatial_shift1(x: Tensor) -> Tensor:
@@ -197,3 +197,6 @@ for _name, _arch in _ARCHS.items():
             checkpoint_filter=checkpoint_filter,
         )
     )
+
+#: `vmlp-deploy export --model s2mlp` builds this variant.
+register_family("s2mlp", "s2mlp_deep")

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ._layers import Mlp, init_weights
-from ._registry import DataCfg, Paper, StateDict, Variant, register
+from ._registry import DataCfg, Paper, StateDict, Variant, register, register_family
 from .s2mlp import PatchEmbed, remap_keys, spatial_shift1, spatial_shift2
 
 
@@ -214,3 +214,6 @@ for _name, _arch in _ARCHS.items():
             checkpoint_filter=checkpoint_filter,
         )
     )
+
+#: `vmlp-deploy export --model s2mlpv2` builds this variant.
+register_family("s2mlpv2", "s2mlpv2_small")

@@ -50,7 +50,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
         if r["source"] not in sources:
             sources.append(r["source"])
         table.add_row(
-            r["name"] + ("†" if r["paper_note"] else ""),
+            r["name"] + ("†" if r["paper_note"] else "") + (f" ← {', '.join(r['family_default_for'])}"
+                                                          if r["family_default_for"] else ""),
             f"{r['input_size'][0]}" + ("*" if r["fixed_input_size"] else ""),
             f"{r['params_m']:.2f}",
             f"{r['paper_params_m']:g}" + ("ᵉ" if r["paper_params_exclude_head"] else ""),
@@ -61,7 +62,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
             f"[{sources.index(r['source']) + 1}]",
         )
     console.print(table)
-    console.print("* fixed input size; ᵉ the paper counts params without the classifier (Δ compares like with like)")
+    console.print("* fixed input size; ᵉ the paper counts params without the classifier (Δ compares like with like); "
+                  "← the family names that stand for this variant (`export --model s2mlpv2`)")
     for r in rows:
         if r["paper_note"]:
             console.print(f"† {r['name']}: {r['paper_note']}")
@@ -82,7 +84,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.dynamic_batch and args.batch != 1:
         raise UserError("--batch and --dynamic-batch exclude each other: pass one of them")
     if args.model is not None:
-        get_variant(args.model)
+        name = get_variant(args.model).name
+        if name != args.model:
+            console.print(f"{args.model} -> {name} (the family's default variant; `vmlp-deploy models` lists all)")
+        args.model = name
     out = args.output or Path("out") / (args.model or args.checkpoint.stem)
     options = ExportOptions(
         opset=args.opset, exporter=args.exporter, batch=args.batch, dynamic_batch=args.dynamic_batch,

@@ -99,6 +99,7 @@ def load_model(
             raise UserError("nothing to build: pass --model NAME or --checkpoint PATH")
         name = infer_variant(state_dict)
     variant = zoo.get_variant(name)
+    name = variant.name
     if input_size is not None:
         check_input_size(name, input_size, tiny)
     overrides: dict = {} if input_size is None else {"img_size": input_size}

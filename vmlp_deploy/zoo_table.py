@@ -24,6 +24,9 @@ def params_within_paper(measured_m: float, paper_m: float, rel: float = 0.02) ->
 
 def zoo_rows(family: str | None = None) -> list[dict[str, Any]]:
     rows = []
+    defaults = zoo.family_defaults()
+    if family is not None and family in defaults:
+        family = zoo.get_variant(family).family
     for name in zoo.list_models(family):
         variant = zoo.get_variant(name)
         with torch.device("meta"):
@@ -48,5 +51,6 @@ def zoo_rows(family: str | None = None) -> list[dict[str, Any]]:
             "source": paper.source,
             "paper_note": paper.note,
             "timm_name": variant.timm_name,
+            "family_default_for": sorted(k for k, v in defaults.items() if v == name),
         })
     return rows

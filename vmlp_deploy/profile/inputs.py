@@ -219,6 +219,25 @@ def _from_onnx(spec: str, path: Path, kind: str, label: str, manifest: dict[str,
     return ModelInput(spec, label, path, kind, name, params, macs, source, tuple(declared), quantized)
 
 
+def _from_ir(spec: str, path: Path, kind: str, label: str, manifest: dict[str, Any] | None) -> ModelInput:
+    """An OpenVINO IR (bare, or the model of a `quantize --backend openvino` run): MACs from the zoo model when
+    the manifest names one, else from the IR's Convolution/MatMul shapes."""
+    if not path.with_suffix(".bin").is_file():
+        raise UserError(f"{path} has no weights file {path.with_suffix('.bin').name} beside it: copy both")
+    declared, quantized = _ir_shape(path)
+    info = (manifest or {}).get("model") or {}
+    name = info.get("name")
+    from ..models import list_models
+
+    if isinstance(name, str) and name in list_models():
+        params, macs = zoo_complexity(name, bool(info.get("tiny")), info.get("input_size"), info.get("num_classes"))
+        return ModelInput(spec, label, path, kind, name, params, macs,
+                          "PyTorch FLOP counter on the zoo model (manifest)", declared, quantized)
+    params, macs = openvino_complexity(path)
+    return ModelInput(spec, label, path, kind, None, params, macs, "OpenVINO IR: Convolution/MatMul shapes",
+                      declared, quantized)
+
+
 def _label(path: Path) -> str:
     return path.parent.name if path.stem in ("model", "openvino_model") and path.parent.name else path.stem
 
@@ -229,16 +248,20 @@ def resolve_input(spec: str, *, tiny: bool = False, sample_shape: Sequence[int] 
     """Turn one command-line argument into a :class:`ModelInput`; every failure is one clear line.
 
     ``sample_shape`` (``--input-shape``) fixes dynamic non-batch dims for counting MACs from the graph."""
-    from ..models import list_models
+    from ..models import family_defaults, list_models
 
     progress = progress or Quiet()
     path = Path(spec)
     if path.is_dir():
         manifest = read_manifest(path)
-        artifact = (manifest.get("artifacts") or {}).get("onnx") or "model.onnx"
+        artifacts = manifest.get("artifacts") or {}
+        xml = artifacts.get("openvino_xml")
+        artifact = xml or artifacts.get("onnx") or "model.onnx"
         model_path = path / artifact
         if not model_path.is_file():
             raise UserError(f"{path} names {artifact} in its manifest but the file is missing: re-run the stage")
+        if xml:
+            return _from_ir(spec, model_path, "run-dir", path.name, manifest)
         return _from_onnx(spec, model_path, "run-dir", path.name, manifest, sample_shape)
     if path.suffix == ".onnx":
         if not path.is_file():
@@ -249,13 +272,14 @@ def resolve_input(spec: str, *, tiny: bool = False, sample_shape: Sequence[int] 
             raise UserError(f"no such OpenVINO IR file: {path}")
         if not path.with_suffix(".bin").is_file():
             raise UserError(f"{path} has no weights file {path.with_suffix('.bin').name} beside it: copy both")
-        declared, quantized = _ir_shape(path)
-        params, macs = openvino_complexity(path)
-        return ModelInput(spec, _label(path), path, "openvino-ir", None, params, macs,
-                          "OpenVINO IR: Convolution/MatMul shapes", declared, quantized)
+        return _from_ir(spec, path, "openvino-ir", _label(path), None)
     if path.exists():
         raise UserError(f"{path} is not a run directory, .onnx or OpenVINO .xml file: pass one of those or a zoo name")
     names = list_models()
+    defaults = family_defaults()
+    if spec in defaults:
+        progress.note(f"{spec} -> {defaults[spec]} (the family's default variant)")
+        spec = defaults[spec]
     if spec in names:
         batch = batches[0] if batches is not None and len(set(batches)) == 1 else (None if batches else 1)
         out = _export_zoo(spec, tiny, batch, progress, target)
@@ -264,7 +288,7 @@ def resolve_input(spec: str, *, tiny: bool = False, sample_shape: Sequence[int] 
         params, macs = zoo_complexity(spec, tiny)
         return ModelInput(spec, spec + ("-tiny" if tiny else ""), model_path, "zoo", spec, params, macs,
                           "PyTorch FLOP counter on the zoo model", tuple(dims), quantized)
-    close = difflib.get_close_matches(spec, names, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(spec, [*names, *defaults], n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else " (`vmlp-deploy models` lists the zoo)"
     raise UserError(f"{spec}: no such file or directory, and not a zoo model name{hint}")
 

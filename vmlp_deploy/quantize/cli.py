@@ -11,6 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..cpu import TARGET_NAMES, targets_help
+from ..errors import UserError
+from ..runs import latest_float_run
 from .options import BACKEND_NAMES, LAYOUTS, METHODS, MODEL_TYPES, QuantizeOptions, RecipeOverrides
 from .scheme import SCHEME_NAMES
 
@@ -25,6 +27,22 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _backends(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    unknown = [n for n in names if n not in BACKEND_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown backend {', '.join(unknown) or '(none)'}: use "
+                                         f"{', '.join(BACKEND_NAMES)} (comma-separated)")
+    return names
+
+
+def default_backends() -> tuple[str, ...]:
+    """The INT8 backends whose runtime is installed here; TensorRT's Q/DQ only when asked for."""
+    from .openvino_nncf import openvino_missing
+
+    return ("cpu",) if openvino_missing() else ("cpu", "openvino")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "quantize",
@@ -33,11 +51,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "preprocessed by the model's own recipe; writes a new run directory with the model, "
                     "manifest.json and quantize.md (fidelity vs FP32 on held-out samples).",
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory from `vmlp-deploy export`, or an .onnx")
-    p.add_argument("--backend", "-b", choices=BACKEND_NAMES, required=True,
-                   help="cpu: ONNX Runtime QDQ; openvino: NNCF -> OpenVINO IR; tensorrt: explicit Q/DQ ONNX")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", nargs="?",
+                   help="run directory from `vmlp-deploy export`, or an .onnx (default: the most recent export "
+                        "under out/)")
+    p.add_argument("--backend", "-b", type=_backends, metavar="NAMES",
+                   help="cpu: ONNX Runtime QDQ; openvino: NNCF -> OpenVINO IR; tensorrt: explicit Q/DQ ONNX; "
+                        "comma-separated for several (default: every backend whose runtime is installed: "
+                        "cpu, openvino)")
     p.add_argument("-o", "--output", type=Path, metavar="DIR", help="output run directory "
-                   "(default <RUN_DIR>-int8-<backend>)")
+                   "(default <RUN_DIR>-int8-<backend>; one backend only)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     data = p.add_argument_group("calibration data")
     data.add_argument("--calibration-data", type=Path, metavar="DIR",
@@ -100,9 +122,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_quantize)
 
 
-def _options(args: argparse.Namespace) -> QuantizeOptions:
+def _options(args: argparse.Namespace, backend: str) -> QuantizeOptions:
     return QuantizeOptions(
-        backend=args.backend, output=args.output, overwrite=args.overwrite, calibration_data=args.calibration_data,
+        backend=backend, output=args.output, overwrite=args.overwrite, calibration_data=args.calibration_data,
         num_samples=args.num_samples, holdout=args.holdout, seed=args.seed, method=args.method,
         percentile=args.percentile, keep_float=args.keep_float, min_agreement=args.min_agreement,
         sensitivity_rounds=args.sensitivity_rounds, model_type=args.model_type,
@@ -122,8 +144,19 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from ..progress import Steps
     from .stage import quantize_run
 
-    result = quantize_run(args.run_dir, _options(args), progress=Steps(console))
-    print_result(console, result)
+    run_dir = args.run_dir
+    if run_dir is None:
+        run_dir = latest_float_run().path
+        console.print(f"Quantizing the most recent export: {run_dir}")
+    backends = args.backend or default_backends()
+    if args.output is not None and len(backends) > 1:
+        raise UserError(f"-o names one run directory, but {len(backends)} backends were asked for: drop -o "
+                        "(each goes to <RUN_DIR>-int8-<backend>) or pass one --backend")
+    for backend in backends:
+        if len(backends) > 1:
+            console.rule(f"INT8 for {backend}")
+        result = quantize_run(run_dir, _options(args, backend), progress=Steps(console))
+        print_result(console, result)
     return 0
 
 

@@ -40,14 +40,20 @@ from .source import SourceModel
 _SPLIT_SUFFIX = re.compile(r"/WithoutBiases$")
 
 
-def require_openvino() -> None:
-    """A clear, actionable error when OpenVINO or NNCF is missing (both are vmlp-deploy dependencies)."""
+def openvino_missing() -> list[str]:
+    """The modules of OpenVINO's INT8 path that do not import here (none when it is usable)."""
     missing = []
     for module in ("openvino", "nncf"):
         try:
             __import__(module)
         except ImportError:
             missing.append(module)
+    return missing
+
+
+def require_openvino() -> None:
+    """A clear, actionable error when OpenVINO or NNCF is missing (both are vmlp-deploy dependencies)."""
+    missing = openvino_missing()
     if missing:
         raise UserError(f"--backend openvino needs {' and '.join(missing)}, which is not installed: "
                         f"pip install {' '.join(missing)} (or reinstall vmlp-deploy, which depends on them)")
