@@ -125,6 +125,25 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from .runs import age, list_runs
+
+    runs = list_runs(args.root)
+    if args.json:
+        console.print_json(json.dumps([r.to_dict() for r in runs]))
+        return 0
+    if not runs:
+        console.print(f"no runs under {args.root}/ yet: start with `vmlp-deploy export --model s2mlpv2`")
+        return 0
+    rows = [("run", "stage", "model", "backend", "precision", "target CPU", "age", "key figure")]
+    rows += [(r.path.name, r.stage, r.model, r.backend, r.precision, r.target_cpu, age(r.created), r.figure)
+             for r in runs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:  # one line per run, like `ls -l`: never wrapped, easy to grep
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    return 0
+
+
 _TARGET_HELP = ("runtime the graph is laid out for: cpu (ONNX Runtime; channels-last, default), openvino "
                 "(channels-first end to end: 1x1 Convs, LayerNorm over channels) or npu (as openvino, and lists "
                 "ops an edge NPU may reject)")
@@ -171,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for probes and verification inputs")
     p.add_argument("--target", choices=TARGETS, default="cpu", help=_TARGET_HELP)
     p.set_defaults(func=_cmd_optimize)
+
+    p = sub.add_parser("runs", aliases=["ls"], help="list the run directories under out/: stage, model, backend, "
+                                                   "precision, target CPU, key figure, age")
+    p.add_argument("--root", type=Path, default=Path("out"), help="the working folder (default out/)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_runs)
 
     from .profile.cli import add_parser as add_profile
     from .quantize.cli import add_parser as add_quantize
