@@ -19,8 +19,10 @@ from .errors import UserError
 from .targets import TARGETS
 from .models import UnknownModelError, get_variant
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+#: Piped or captured output (CI logs, `| tee`) gets 120 columns instead of rich's 80, so tables do not wrap.
+_WIDTH = None if sys.stdout.isatty() else 120
+console = Console(stderr=False, highlight=False, width=_WIDTH)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -125,6 +127,44 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from .deploy import DeployOptions, deploy
+    from .export import ExportOptions
+    from .profile.measure import MeasurePlan
+    from .profile.run import ProfileOptions
+    from .progress import Steps
+    from .quantize import QuantizeOptions
+    from .quantize.cli import default_backends
+    from .summary import print_rows
+
+    if args.model is None and args.checkpoint is None:
+        raise UserError("nothing to deploy: pass --model NAME (e.g. s2mlpv2; `vmlp-deploy models` lists them) "
+                        "or --checkpoint PATH")
+    if args.model is not None:
+        name = get_variant(args.model).name
+        if name != args.model:
+            console.print(f"{args.model} -> {name} (the family's default variant)")
+    opt = DeployOptions(
+        model=args.model, checkpoint=args.checkpoint, tiny=args.tiny,
+        backends=args.backend or default_backends(), root=args.root, overwrite=args.overwrite,
+        quantize=QuantizeOptions(calibration_data=args.calibration_data, num_samples=args.num_samples,
+                                 eval_data=args.eval_data, target_cpu=args.target_cpu, max_drop=args.max_drop,
+                                 gate=not args.no_gate, threads=args.threads),
+        input_size=tuple(args.input_size) if args.input_size else None, seed=args.seed,
+        export=ExportOptions(seed=args.seed),
+        profile=ProfileOptions(plan=MeasurePlan(iterations=args.iterations, duration_s=None), threads=args.threads,
+                               layer_runs=args.layer_runs, charts=not args.no_charts),
+    )
+    result = deploy(opt, Steps(console))
+    print_rows(console, result.rows, f"{result.export_dir.name}: FP32 vs INT8 (batch 1, median latency)")
+    for line in result.profile.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
+    console.print(f"[bold]Deployed[/bold] {result.export_dir} -> "
+                  + ", ".join(str(d) for d in result.int8_dirs.values())
+                  + f"; profile in {result.profile.out_dir}; summary in {result.summary_path}", soft_wrap=True)
+    return 0
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from .runs import age, list_runs
 
@@ -190,6 +230,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for probes and verification inputs")
     p.add_argument("--target", choices=TARGETS, default="cpu", help=_TARGET_HELP)
     p.set_defaults(func=_cmd_optimize)
+
+    from .cpu import TARGET_NAMES
+    from .quantize.cli import _backends
+
+    p = sub.add_parser("deploy", help="the whole job: export, INT8 for each backend, profile FP32 vs INT8, summary")
+    _add_model_args(p)
+    p.add_argument("--backend", "-b", type=_backends, metavar="NAMES",
+                   help="comma-separated cpu, openvino, tensorrt (default: every installed runtime: cpu, openvino)")
+    p.add_argument("--target-cpu", choices=TARGET_NAMES, default="host", metavar="CPU",
+                   help="the CPU the model will run on (default host; see `vmlp-deploy quantize --help`)")
+    p.add_argument("--calibration-data", type=Path, metavar="DIR",
+                   help="calibration images or .npy/.npz (default: crops of the embedded photographs)")
+    p.add_argument("--num-samples", type=int, default=300, help="calibration samples (default 300)")
+    p.add_argument("--eval-data", type=Path, metavar="DIR", help="ImageFolder for real FP32 vs INT8 top-1 (gated)")
+    p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                   help="largest INT8 top-1 drop on --eval-data (default 1.0; exit 4 above it)")
+    p.add_argument("--no-gate", action="store_true", help="keep an INT8 model that fails the fidelity gate")
+    p.add_argument("-n", "--iterations", type=int, default=30, help="timed inferences per configuration (default 30)")
+    p.add_argument("--threads", type=int, help="threads per inference (default: all usable cores)")
+    p.add_argument("--layer-runs", type=int, default=5, help="profiled runs for the per-layer tables (0 skips them)")
+    p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    p.add_argument("--root", type=Path, default=Path("out"), help="working folder for the run directories (out/)")
+    p.add_argument("--overwrite", action="store_true", help="rebuild runs that exist instead of reusing them")
+    p.set_defaults(func=_cmd_deploy)
 
     p = sub.add_parser("runs", aliases=["ls"], help="list the run directories under out/: stage, model, backend, "
                                                    "precision, target CPU, key figure, age")

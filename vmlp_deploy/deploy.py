@@ -1,0 +1,131 @@
+"""`vmlp-deploy deploy`: the whole job in one command - export, INT8 for each backend, profile, one summary.
+
+Each stage is the same function its own verb calls, writing the same run directories under ``out/``: a later
+``quantize`` or ``profile`` reads them like any other. A finished run that matches what is asked (same model,
+size and weights for the export; same source model, backend and target CPU for an INT8 run) is reused and
+said so, so re-running ``deploy`` only measures again; ``--overwrite`` rebuilds everything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import UserError
+from .export import ExportOptions, ExportResult, export_model
+from .model import load_model
+from .models import get_variant
+from .profile.run import ProfileOptions, ProfileResult, profile_models
+from .progress import Progress, Quiet
+from .quantize import QuantizeOptions, quantize_run
+from .quantize.stage import default_output
+from .rundir import MANIFEST, sha256_file
+from .runs import RunInfo, list_runs
+from .summary import SpeedupRow, markdown, speedup_rows, write_markdown
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """What to deploy, for which backends and CPU, and how long to measure."""
+
+    model: str | None = None
+    checkpoint: Path | None = None
+    tiny: bool = False
+    input_size: tuple[int, int] | None = None
+    seed: int = 0
+    backends: tuple[str, ...] = ("cpu", "openvino")
+    root: Path = Path("out")
+    overwrite: bool = False
+    export: ExportOptions = field(default_factory=ExportOptions)
+    quantize: QuantizeOptions = field(default_factory=QuantizeOptions)
+    profile: ProfileOptions = field(default_factory=ProfileOptions)
+
+
+@dataclass
+class DeployResult:
+    export_dir: Path
+    int8_dirs: dict[str, Path]
+    profile: ProfileResult
+    rows: list[SpeedupRow]
+    reused: list[str]
+    summary_path: Path
+
+
+def _same_export(run_dir: Path, name: str, tiny: bool, checkpoint: Path | None) -> bool:
+    try:
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    model = manifest.get("model") or {}
+    ckpt = model.get("checkpoint")
+    same_weights = (ckpt is None and checkpoint is None and model.get("random_weights")) or (
+        ckpt is not None and checkpoint is not None and checkpoint.is_file()
+        and ckpt.get("sha256") == sha256_file(checkpoint))
+    stages = manifest.get("stages") or {}
+    return (model.get("name") == name and bool(model.get("tiny")) == tiny and bool(same_weights)
+            and set(stages) == {"export"})
+
+
+def _export(opt: DeployOptions, progress: Progress, reused: list[str]) -> Path:
+    name = get_variant(opt.model).name if opt.model else None
+    lm_name = name or (opt.checkpoint.stem if opt.checkpoint else None)
+    if lm_name is None:
+        raise UserError("nothing to deploy: pass --model NAME (e.g. s2mlpv2) or --checkpoint PATH")
+    out = opt.root / (lm_name + ("-tiny" if opt.tiny else ""))
+    if (out.is_dir() and not opt.overwrite and name and opt.input_size is None and opt.seed == 0
+            and _same_export(out, name, opt.tiny, opt.checkpoint)):
+        reused.append(f"export: reusing {out} (same model, size and weights; --overwrite rebuilds it)")
+        return out
+    lm = load_model(name, checkpoint=opt.checkpoint, tiny=opt.tiny, input_size=opt.input_size, seed=opt.seed)
+    result: ExportResult = export_model(lm, out, opt.export, overwrite=opt.overwrite, progress=progress)
+    return result.out_dir
+
+
+def _int8_run(export_dir: Path, backend: str, opt: DeployOptions, progress: Progress, reused: list[str]) -> Path:
+    out = default_output(export_dir, backend)
+    model_file = (export_dir / "model.onnx").resolve()
+    if out.is_dir() and not opt.overwrite:
+        runs = [r for r in list_runs(out.parent) if r.path.resolve() == out.resolve() and r.stage == "quantize"]
+        q = runs[0].manifest["stages"]["quantize"] if runs else {}
+        source = q.get("source") or {}
+        if (runs and Path(source.get("onnx", "")).resolve() == model_file
+                and source.get("sha256") == sha256_file(model_file)
+                and q.get("settings", {}).get("target_cpu") == opt.quantize.target_cpu):
+            reused.append(f"quantize {backend}: reusing {out} (made from this export for --target-cpu "
+                          f"{opt.quantize.target_cpu}; --overwrite redoes it)")
+            return out
+    quantize_run(export_dir, replace(opt.quantize, backend=backend, output=out, overwrite=opt.overwrite),
+                 progress=progress)
+    return out
+
+
+def deploy(opt: DeployOptions, progress: Progress | None = None) -> DeployResult:
+    """Export -> quantize for each backend -> profile FP32 and INT8 side by side -> summary.md."""
+    progress = progress or Quiet()
+    if not opt.backends:
+        raise UserError("--backend names no backend: use cpu, openvino and/or tensorrt")
+    opt.profile.check()
+    reused: list[str] = []
+    with progress.step("Stage 1/3: export"):
+        export_dir = _export(opt, progress, reused)
+    int8_dirs = {}
+    for backend in opt.backends:
+        with progress.step(f"Stage 2/3: INT8 for {backend}"):
+            int8_dirs[backend] = _int8_run(export_dir, backend, opt, progress, reused)
+    for line in reused:
+        progress.note(line)
+    runs = {r.path.resolve(): r for r in list_runs(opt.root)}
+    int8_runs: list[RunInfo] = [runs[d.resolve()] for d in int8_dirs.values()]
+    profile_backends = tuple(b for b in opt.backends if b != "tensorrt") or opt.backends
+    profile_opt = replace(opt.profile, backends=profile_backends, target_cpu=opt.quantize.target_cpu)
+    with progress.step("Stage 3/3: profile FP32 and INT8 side by side"):
+        result = profile_models([str(export_dir), *(str(d) for d in int8_dirs.values())], profile_opt,
+                                progress=progress)
+    rows = speedup_rows(result.records, export_dir.name, int8_runs)
+    files = {"export": str(export_dir), **{f"INT8 {b}": str(d) for b, d in int8_dirs.items()},
+             "profile": str(result.out_dir)}
+    summary = result.out_dir / "summary.md"
+    name = json.loads((export_dir / MANIFEST).read_text())["model"]["name"]
+    write_markdown(summary, markdown(rows, f"Deployment summary: {name}", files, [*reused, *result.warnings]))
+    return DeployResult(export_dir, int8_dirs, result, rows, reused, summary)
