@@ -1,0 +1,86 @@
+"""The user's commands as written: family names, a working folder (out/), deploy, runs, and every run directory
+accepted by every later stage."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from vmlp_deploy.models import canonical_name, family_defaults, get_variant, list_models
+
+Cli = Callable[..., tuple[int, str, str]]
+QUICK = ("--num-samples", "16", "--holdout", "4", "--layout", "as-given")
+
+
+def test_every_family_name_stands_for_its_default_variant() -> None:
+    defaults = family_defaults()
+    families = {get_variant(n).family for n in list_models()}
+    assert families <= set(defaults), "every family has a default variant"
+    assert canonical_name("s2mlpv2") == "s2mlpv2_small" and canonical_name("mixer") == "mixer_s16_224"
+    for alias, variant in defaults.items():
+        assert variant in list_models() and get_variant(alias).name == variant
+
+
+def test_models_table_shows_the_defaults(cli: Cli) -> None:
+    code, out, _ = cli("models", "--family", "s2mlpv2")
+    assert code == 0 and "s2mlpv2_small ← s2mlpv2" in out
+    code, out, _ = cli("models", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["mixer_s16_224"]["family_default_for"] == ["mixer", "mlp_mixer"]
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_empty_folder_says_what_to_run_first(workdir: Path, cli: Cli) -> None:
+    code, _, err = cli("quantize")
+    assert code == 2 and "vmlp-deploy export --model s2mlpv2" in err and "Traceback" not in err
+    code, out, _ = cli("runs")
+    assert code == 0 and "vmlp-deploy export --model s2mlpv2" in out
+
+
+def test_export_quantize_runs_in_a_fresh_folder(workdir: Path, cli: Cli) -> None:
+    code, out, err = cli("export", "--model", "s2mlpv2", "--tiny")
+    assert code == 0, err
+    assert "s2mlpv2 -> s2mlpv2_small" in out and (workdir / "out" / "s2mlpv2_small" / "model.onnx").is_file()
+    code, out, err = cli("quantize", *QUICK)
+    assert code == 0, err
+    assert "most recent export: out/s2mlpv2_small" in out
+    for backend in ("cpu", "openvino"):
+        manifest = json.loads((workdir / "out" / f"s2mlpv2_small-int8-{backend}" / "manifest.json").read_text())
+        assert manifest["stages"]["quantize"]["backend"] == backend
+    assert not (workdir / "out" / "s2mlpv2_small-int8-tensorrt").exists(), "TensorRT Q/DQ only when asked"
+    code, _, err = cli("quantize", "--backend", "cpu,openvino", "-o", "x", *QUICK)
+    assert code == 2 and "-o names one run directory" in err
+    code, out, _ = cli("runs")
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["run", "stage", "model"]
+    assert any(line.startswith("s2mlpv2_small-int8-openvino ") and " quantize " in line and " int8 " in line
+               for line in lines)
+    code, out, _ = cli("ls", "--json")
+    assert {r["stage"] for r in json.loads(out)} == {"export", "quantize"}
+
+
+def test_deploy_tiny_in_under_a_minute_and_reruns_reuse(workdir: Path, cli: Cli) -> None:
+    start = time.perf_counter()
+    code, out, err = cli("deploy", "--model", "s2mlpv2", "--tiny", "--num-samples", "16", "-n", "5",
+                         "--layer-runs", "1", "--no-charts")
+    elapsed = time.perf_counter() - start
+    assert code == 0, err
+    assert elapsed < 60, f"deploy --tiny took {elapsed:.0f} s"
+    assert "FP32 vs INT8" in out and "speedup" in out
+    summaries = list((workdir / "out").glob("profile-*/summary.md"))
+    assert len(summaries) == 1
+    text = summaries[0].read_text()
+    assert "| cpu |" in text and "| openvino |" in text and "INT8 openvino" in text
+    code, out, err = cli("deploy", "--model", "s2mlpv2", "--tiny", "--num-samples", "16", "-n", "5",
+                         "--layer-runs", "0", "--no-charts", "--backend", "openvino")
+    assert code == 0, err
+    assert "reusing out/s2mlpv2_small-tiny " in out and "quantize openvino: reusing" in out
