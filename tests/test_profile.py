@@ -1,7 +1,8 @@
 """`vmlp-deploy profile` on real ONNX Runtime and OpenVINO runs of tiny models (few iterations): fields,
 units, the precision that really ran, outputs, and one clear line for every kind of bad input.
 
-No timing claims here: the numbers are only checked for consistency with each other.
+No timing claims here: the numbers are only checked for consistency with each other. What depends on the
+CPU (bf16 or not) is read from :func:`vmlp_deploy.cpu.host`, never assumed, so the suite holds on any CPU.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sys
 
 import importlib.util
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from vmlp_deploy import cpu
 from vmlp_deploy.backends.base import LayerTime
 from vmlp_deploy.export import ExportOptions, export_model
 from vmlp_deploy.model import load_model
 from vmlp_deploy.onnx_io import op_histogram
+from vmlp_deploy.profile.ceiling import Clock, Rate, ceilings
 from vmlp_deploy.profile.inputs import onnx_complexity, zoo_complexity
 from vmlp_deploy.profile.layers import aggregate, category
 from vmlp_deploy.profile.measure import MeasurePlan, Probe, latency_stats, measure
@@ -72,6 +75,27 @@ def load_profile(out: Path) -> dict:
     return json.loads((out / "profile.json").read_text())
 
 
+def assert_peaks_are_ceilings(doc: dict) -> None:
+    """Every CPU record has a ceiling with its derivation, no rate exceeds it, and no % of peak exceeds 100."""
+    assert doc["ceilings"] and doc["host_cpu"] == cpu.host().to_dict()
+    for c in doc["ceilings"]:
+        assert c["gops"] > 0 and " ops/cycle " in c["derivation"] and c["isa"] == cpu.host().isa.summary()
+    probes = {(p["backend"], p["precision"]): [] for p in doc["peaks"]}
+    for p in doc["peaks"]:
+        probes[(p["backend"], p["precision"])].append(p["gops"])
+    for r in doc["records"]:
+        assert r["ceiling"]["derivation"] and r["ceiling"] in doc["ceilings"]
+        assert r["achieved_gops"] <= r["ceiling"]["gops"] and 0 < r["ceiling_percent"] <= 100
+        assert r["ceiling_percent"] == pytest.approx(100 * r["achieved_gops"] / r["ceiling"]["gops"])
+        if doc["peaks"]:
+            best = max(probes[(r["backend"], "int8" if r["quantized"] else r["precision_requested"])])
+            assert r["probe_peak"]["gops"] >= best and 0 < r["probe_percent"] <= 100
+            assert r["probe_percent"] == pytest.approx(100 * r["achieved_gops"] / r["probe_peak"]["gops"])
+    for p in doc["peaks"]:
+        used = "int8" if p["precision"] == "int8" else p["precision_used"]
+        assert all(p["gops"] <= c["gops"] for c in doc["ceilings"] if c["precision"] == used)
+
+
 def test_end_to_end_fields_units_and_precisions(cli: Cli, run_dir: Path, qdq_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "prof"
     code, stdout, err = cli("profile", run_dir, qdq_model, "--backend", "cpu,openvino", "--precision", "f32,bf16",
@@ -88,23 +112,30 @@ def test_end_to_end_fields_units_and_precisions(cli: Cli, run_dir: Path, qdq_mod
     assert "median" in stdout and "profile.json" in stdout
 
     records = doc["records"]
+    bf16 = cpu.host().isa.bf16  # OpenVINO runs bf16 only where the CPU has it; elsewhere bf16 is the f32 run
     by = {(r["model"], r["backend"], r["precision"], r["batch"]): r for r in records}
-    assert len(by) == len(records) == 12
+    assert len(by) == len(records) == (12 if bf16 else 8)
     assert set(by) == {(m, b, p, n) for n in (1, 2) for m, b, p in [
-        ("s2mlpv2_small", "cpu", "f32"), ("s2mlpv2_small", "openvino", "f32"), ("s2mlpv2_small", "openvino", "bf16"),
-        ("qdq", "cpu", "int8"), ("qdq", "openvino", "int8"), ("qdq", "openvino", "int8/bf16")]}
+        ("s2mlpv2_small", "cpu", "f32"), ("s2mlpv2_small", "openvino", "f32"), ("qdq", "cpu", "int8"),
+        ("qdq", "openvino", "int8"),
+        *([("s2mlpv2_small", "openvino", "bf16"), ("qdq", "openvino", "int8/bf16")] if bf16 else [])]}
     assert any("cpu at bf16" in s for s in doc["skipped"])
+    no_bf16 = [s for s in doc["skipped"] if "bf16 requested: this CPU has no bf16" in s]
+    assert len(no_bf16) == (0 if bf16 else 2)
     assert by[("s2mlpv2_small", "openvino", "f32", 1)]["inference_precision"] == "f32"
-    assert by[("qdq", "openvino", "int8/bf16", 2)]["inference_precision"] == "bf16"
-    bf16_layers = by[("s2mlpv2_small", "openvino", "bf16", 1)]["layers"]
-    assert max(bf16_layers["kernel_precisions_percent"], key=bf16_layers["kernel_precisions_percent"].get) == "bf16"
     f32_kernels = by[("s2mlpv2_small", "openvino", "f32", 1)]["layers"]["kernel_precisions_percent"]
     assert max(f32_kernels, key=f32_kernels.get) == "f32" and "bf16" not in f32_kernels
+    if bf16:
+        assert by[("qdq", "openvino", "int8/bf16", 2)]["inference_precision"] == "bf16"
+        bf16_kernels = by[("s2mlpv2_small", "openvino", "bf16", 1)]["layers"]["kernel_precisions_percent"]
+        assert max(bf16_kernels, key=bf16_kernels.get) == "bf16"
 
-    peaks = {(p["backend"], p["precision"]): p for p in doc["peaks"]}
-    assert set(peaks) == {("cpu", "f32"), ("openvino", "f32"), ("openvino", "bf16"), ("cpu", "int8"),
-                          ("openvino", "int8")}
-    assert peaks[("openvino", "bf16")]["precision_used"] == "bf16"
+    peaks = {(p["backend"], p["precision"], p["kind"]): p for p in doc["peaks"]}
+    assert set(peaks) == {(b, p, k) for k in ("gemm", "conv1x1") for b, p in [
+        ("cpu", "f32"), ("openvino", "f32"), ("cpu", "int8"), ("openvino", "int8"),
+        *([("openvino", "bf16")] if bf16 else [])]}
+    assert all(p["precision_used"] == p["precision"] for p in doc["peaks"])
+    assert_peaks_are_ceilings(doc)
     macs = zoo_complexity("s2mlpv2_small", True)[1]
     for r in records:
         lat = r["latency_ms"]
@@ -115,8 +146,6 @@ def test_end_to_end_fields_units_and_precisions(cli: Cli, run_dir: Path, qdq_mod
         assert r["throughput_images_per_s"] == pytest.approx(r["batch"] * 1000 / lat["mean"], rel=1e-6)
         assert r["macs_per_image"] == macs
         assert r["achieved_gops"] == pytest.approx(2 * macs * r["batch"] / lat["median"] / 1e6)
-        peak = peaks[(r["backend"], "int8" if r["quantized"] else r["precision_requested"])]
-        assert r["peak_percent"] == pytest.approx(100 * r["achieved_gops"] / peak["gops"])
         assert r["settings"]["requested"]["threads"] == 2
         assert sum(c["percent"] for c in r["layers"]["by_category"]) == pytest.approx(100, abs=0.01)
         assert len(r["layers"]["by_op_type"]) <= 5 and r["layers"]["runs"] == 2
@@ -124,7 +153,94 @@ def test_end_to_end_fields_units_and_precisions(cli: Cli, run_dir: Path, qdq_mod
     assert env["cpu_model"] and isinstance(env["cpu_flags"], list) and env["usable_cpus"] >= 1
     assert {"onnxruntime", "openvino", "vmlp_deploy"} <= set(env["libraries"])
     md = (out / "profile.md").read_text()
-    assert "| s2mlpv2_small | openvino | bf16 | 1 | latency |" in md and "## Layers: qdq on cpu (int8" in md
+    assert "| s2mlpv2_small | openvino | f32 | 1 | latency |" in md and "## Layers: qdq on cpu (int8" in md
+    assert ("| s2mlpv2_small | openvino | bf16 | 1 | latency |" in md) == bf16
+    assert "% probe | % ceiling" in md and doc["ceilings"][0]["derivation"] in md
+    assert "% probe" in stdout and "% ceil" in stdout and "ops/cycle" in stdout
+
+
+@pytest.fixture
+def host_without_bf16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[cpu.HostCpu]:
+    """This machine's /proc/cpuinfo without AVX-512, AVX-VNNI, AMX and Arm bf16: a CPU with no bf16 (and no
+    VNNI), as `vmlp_deploy.cpu` sees it. Restores the real host afterwards."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to derive a fake one from")
+    gone = ("avx512", "avx_vnni", "amx")
+    lines = []
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            line = f"{key}: " + " ".join(f for f in value.split() if not f.startswith(gone) and f != "bf16")
+        lines.append(line)
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("\n".join(lines) + "\n")
+    with monkeypatch.context() as m:
+        m.setenv("VMLP_CPUINFO", str(fake))
+        cpu.host.cache_clear()
+        yield cpu.host()
+    cpu.host.cache_clear()
+
+
+def test_bf16_on_a_cpu_without_it_is_measured_once_as_f32(cli: Cli, run_dir: Path, qdq_model: Path, tmp_path: Path,
+                                                          host_without_bf16: cpu.HostCpu) -> None:
+    assert not host_without_bf16.isa.bf16 and not host_without_bf16.isa.avx512
+    out = tmp_path / "nobf16"
+    code, stdout, err = cli("profile", run_dir, qdq_model, "--backend", "openvino", "--precision", "f32,bf16",
+                            "-n", "3", "--warmup", "1", "--threads", "2", "--layer-runs", "0", "--peak-size", "256",
+                            "--target-cpu", "avx512-bf16", "--no-charts", "-o", out)
+    assert code == 0, err
+    doc = load_profile(out)
+    assert [(r["model"], r["precision"], r["inference_precision"]) for r in doc["records"]] == [
+        ("s2mlpv2_small", "f32", "f32"), ("qdq", "int8", "f32")]
+    summary = host_without_bf16.isa.summary()
+    assert [s for s in doc["skipped"] if "bf16 requested" in s] == [
+        f"s2mlpv2_small on openvino: bf16 requested: this CPU has no bf16 ({summary}), runs f32; measured once as f32",
+        f"qdq on openvino: bf16 requested: this CPU has no bf16 ({summary}), runs f32; measured once as int8"]
+    assert {p["precision"] for p in doc["peaks"]} == {"f32", "int8"}
+    assert_peaks_are_ceilings(doc)
+
+    target = cpu.resolve_target("avx512-bf16").to_dict()
+    manifest = json.loads((out / "manifest.json").read_text())["stages"]["profile"]
+    for d in (doc, manifest):
+        assert d["host_cpu"] == host_without_bf16.to_dict() and d["target_cpu"] == target
+        assert d["host_stands_for_target"] is False and d["ceiling_isa"] == f"host: {summary}"
+    (warning,) = [w for w in doc["warnings"] if "--target-cpu" in w]
+    assert "cannot stand for the target" in warning and "\n" not in warning and warning in stdout.replace("\n", " ")
+    md = (out / "profile.md").read_text()
+    assert "`--target-cpu avx512-bf16`" in md and "cannot stand for the target" in md and summary in md
+
+
+@pytest.mark.parametrize(("target", "precision", "per_cycle"), [
+    ("avx2", "f32", 32), ("avx2", "int8", 64), ("avx2", "bf16", 32), ("avx512", "f32", 64),
+    ("avx512-vnni", "int8", 256), ("avx512-bf16", "bf16", 128), ("amx", "int8", 2048), ("amx", "bf16", 1024),
+    ("arm64", "f32", 16), ("arm64-dotprod", "int8", 64),
+])
+def test_ceiling_arithmetic(target: str, precision: str, per_cycle: int) -> None:
+    """cores x MHz x ops per cycle of the ISA (FMA counted as two operations)."""
+    found = ceilings(cpu.TARGETS[target].isa, Clock(2000.0, "test clock"), [(precision, 4)], [])
+    c = found[(precision, 4)]
+    assert c.ops_per_cycle == per_cycle and c.gops == pytest.approx(4 * 2000e6 * per_cycle / 1e9)
+    assert c.derivation.startswith(f"4 cores x 2000 MHz x {per_cycle} ops/cycle [")
+    assert c.derivation.endswith(f"= {c.gops:.1f} GOPS; clock: test clock")
+
+
+def test_a_beaten_ceiling_is_raised_to_the_observed_rate() -> None:
+    """AVX2 at 2500 MHz allows 2 x 2500 MHz x 32 = 160 GOPS f32; a 200 GOPS probe means the cores ran at
+    >= 3125 MHz, and that clock holds for every precision of the run."""
+    isa = cpu.TARGETS["avx2"].isa
+    rates = [Rate("f32", 2, 200.0, "the gemm probe on cpu"), Rate("int8", 2, 150.0, "a model")]
+    found = ceilings(isa, Clock(2500.0, "nominal"), [("int8", 2), ("f32", 1)], rates)
+    assert set(found) == {("f32", 2), ("int8", 2), ("f32", 1)}
+    f32 = found[("f32", 2)]
+    assert f32.mhz == 3126 and 200.0 < f32.gops < 200.2
+    assert "raised from 2500 MHz (nominal): the gemm probe on cpu ran at 200.0 GOPS" in f32.derivation
+    assert "clock >= 3126 MHz" in f32.derivation
+    assert found[("int8", 2)].gops == pytest.approx(2 * 3126e6 * 64 / 1e9)
+    assert found[("f32", 1)].gops == pytest.approx(f32.gops / 2)
+    assert ceilings(isa, Clock(3500.0, "cpufreq"), [("f32", 2)], rates)[("f32", 2)].gops == pytest.approx(224.0)
+    assert ceilings(isa, Clock(None, "no clock"), [("f32", 2)], rates) == {}
 
 
 def test_throughput_mode_and_duration(cli: Cli, run_dir: Path, tmp_path: Path) -> None:
@@ -138,7 +254,8 @@ def test_throughput_mode_and_duration(cli: Cli, run_dir: Path, tmp_path: Path) -
         ("cpu", "latency"), ("cpu", "throughput"), ("openvino", "latency"), ("openvino", "throughput")]
     for r in doc["records"]:
         assert r["iterations"] >= 10 and r["measured_s"] >= 0.05 and r["warmup"]["seconds"] >= 0.01
-        assert r["throughput_images_per_s"] > 0 and r["peak_percent"] is None and r["layers"] is None
+        assert r["throughput_images_per_s"] > 0 and r["probe_percent"] is None and r["layers"] is None
+        assert 0 < r["ceiling_percent"] <= 100
         if r["mode"] == "throughput":
             assert r["settings"]["streams"] == 2
             assert r["throughput_images_per_s"] == pytest.approx(r["iterations"] / r["measured_s"])
@@ -224,6 +341,7 @@ def test_graph_macs_match_the_pytorch_count(run_dir: Path) -> None:
     (["{run}", "--precision", "int4"], "unknown precision"),
     (["{run}", "--backend", "cpu", "--precision", "bf16"], "nothing to profile"),
     (["{run}", "--precision", "int8"], "no Q/DQ nodes"),
+    (["{run}", "--target-cpu", "avx3"], "unknown --target-cpu 'avx3'"),
 ])
 def test_bad_input_is_one_clear_line(cli: Cli, run_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:
     (tmp_path / "empty").mkdir()

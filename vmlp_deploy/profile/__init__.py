@@ -1,5 +1,6 @@
 """Stage 5, `vmlp-deploy profile`: latency and throughput of models x backends x precisions x batches,
-measured interleaved, with per-layer breakdowns, the backends' own GEMM peaks and the environment."""
+measured interleaved, with per-layer breakdowns, each rate set against the best of the backends' probe kernels
+and the ISA's theoretical ceiling, and the host and target CPU."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from ..cpu import TARGET_NAMES, targets_help
 from ..errors import UserError
 from ..targets import TARGETS
 
@@ -77,8 +78,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer-runs", type=int, default=10, metavar="N",
                    help="inferences in the separate per-layer profiling session (0 skips it; default 10)")
     p.add_argument("--top", type=int, default=10, metavar="N", help="rows in each per-layer table (default 10)")
-    p.add_argument("--no-peak", action="store_true", help="skip the GEMM peak measurement (no %% of peak)")
-    p.add_argument("--peak-size", type=int, default=2048, metavar="N", help="GEMM size for the peak (default 2048)")
+    p.add_argument("--no-peak", action="store_true",
+                   help="skip the probe kernels (no %% of best probe; the ISA ceiling costs nothing and stays)")
+    p.add_argument("--peak-size", type=int, default=2048, metavar="N",
+                   help="probe size: an NxNxN GEMM and a 1x1 conv with 3N/8 channels on 56x56 (default 2048)")
+    p.add_argument("--target-cpu", default="host", metavar="CPU",
+                   help=f"the CPU the models will be deployed on, recorded with the results; a warning says when "
+                        f"this host's timings cannot stand for it ({', '.join(TARGET_NAMES)}; default host). "
+                        f"{targets_help()}")
     p.add_argument("--spread-warn", type=float, default=5.0, metavar="PCT",
                    help="warn when run-to-run spread (CoV) exceeds this percentage (default 5)")
     p.add_argument("--tiny", action="store_true", help="zoo names: export the tiny configuration")
@@ -133,7 +140,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         threads=args.threads, streams=args.streams, device=args.device, spinning=args.spinning == "on",
         opt_level=args.opt_level, input_shape=args.input_shape, plan=plan, layer_runs=args.layer_runs,
         top=args.top, peak=not args.no_peak, peak_size=args.peak_size, spread_threshold=args.spread_warn / 100.0,
-        tiny=args.tiny, target=args.target, charts=not args.no_charts, seed=args.seed,
+        tiny=args.tiny, target=args.target, target_cpu=args.target_cpu, charts=not args.no_charts, seed=args.seed,
     )
     options.check()
     if options.charts:
@@ -142,6 +149,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     result = profile_models(args.inputs, options, out, overwrite=args.overwrite, progress=Steps(console),
                             on_measure=_Bar(console))
     print_result(console, result.records)
+    for c in result.cpu["ceilings"]:
+        console.print(Text(f"ceiling {c['precision']} ({result.cpu['ceiling_isa']}): {c['derivation']}", style="dim"),
+                      soft_wrap=True)
     for line in result.skipped:
         console.print(Text("skipped: " + line, style="dim"), soft_wrap=True)
     for line in result.warnings:
@@ -155,7 +165,7 @@ def print_result(console: Console, records: list[dict[str, Any]]) -> None:
     """The results table (wide: piped output is not squeezed to 80 columns), then the top layers."""
     table = Table(title="vmlp-deploy profile (latency in ms per inference)", box=box.SIMPLE_HEAD)
     cols = ["model", "backend", "precision", "batch", "mode", "median", "p90", "p99", "mean±std", "first",
-            "img/s", "GOPS", "% peak", "CoV"]
+            "img/s", "GOPS", "% probe", "% ceil", "CoV"]
     for col in cols:
         table.add_column(col, justify="left" if col in ("model", "backend", "precision", "mode") else "right",
                          no_wrap=True)
@@ -169,7 +179,7 @@ def print_result(console: Console, records: list[dict[str, Any]]) -> None:
             f"{r['first_inference_ms']:.1f}",
             f"{r['throughput_images_per_s']:.1f}",
             "-" if g is None else f"{g:.1f}",
-            "-" if r["peak_percent"] is None else f"{r['peak_percent']:.1f}",
+            *("-" if r[k] is None else f"{r[k]:.1f}" for k in ("probe_percent", "ceiling_percent")),
             ("[yellow]" if r["spread"]["warning"] else "") + f"{r['spread']['value']:.1%}",
         )
     wide = console if console.is_terminal else Console(file=console.file, width=160, highlight=False)

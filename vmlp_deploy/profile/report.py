@@ -42,6 +42,7 @@ def write_outputs(out: Path, result: ProfileResult, options: ProfileOptions, mod
         "command": command,
         "options": options.to_dict(),
         "environment": result.environment,
+        **result.cpu,
         "inputs": [m.to_dict() for m in models],
         "peaks": result.peaks,
         "skipped": result.skipped,
@@ -61,7 +62,7 @@ def write_outputs(out: Path, result: ProfileResult, options: ProfileOptions, mod
         "created": created,
         "command": command,
         "stages": {"profile": {"records": len(result.records), "skipped": result.skipped,
-                               "warnings": result.warnings, "options": options.to_dict()}},
+                               "warnings": result.warnings, "options": options.to_dict(), **result.cpu}},
         "artifacts": files,
         "inputs": [m.to_dict() for m in models],
         "environment": result.environment,
@@ -71,6 +72,18 @@ def write_outputs(out: Path, result: ProfileResult, options: ProfileOptions, mod
 
 def _f(value: float | None, fmt: str = ".2f") -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _cpu_lines(doc: dict[str, Any]) -> list[str]:
+    """Host and target CPU: which ISA ran the timings, and whether they stand for the deployment CPU."""
+    h, t = doc["host_cpu"], doc["target_cpu"]
+    clock = doc["clock"]
+    mhz = "clock unknown" if clock["mhz"] is None else f"{clock['mhz']:.0f} MHz"
+    return [f"Host CPU: {h['model']}, {h['summary']}, {h['cores']} usable cores, {mhz} ({clock['source']}).  ",
+            f"Target CPU (`--target-cpu {t['name']}`): {t['description']} ({t['summary']}). "
+            + ("The host runs the target's kernels." if doc["host_stands_for_target"] else
+               "**The timings are the host's and cannot stand for the target**; ceilings are the host's ISA's."),
+            ""]
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -90,14 +103,16 @@ def markdown(doc: dict[str, Any]) -> str:
            else f"{plan['duration_s']} s (at least {plan['min_iterations']} iterations)")
         + f" per configuration, interleaved in ~{plan['chunk_s']} s visits; threads {opt['threads'] or 'all'}.",
         "",
+        *_cpu_lines(doc),
         "## Results",
         "",
         "Latency in ms per inference (one batch). GOPS = 2 x MACs / median latency (latency mode) or x throughput "
-        "(throughput mode); % peak against the backend's own GEMM peak at the same precision, measured in this run.",
+        "(throughput mode). % probe: against the best probe kernel of the same backend and precision, measured in "
+        "this run (or a model that beat every probe); % ceiling: against the ISA's theoretical ceiling (below).",
         "",
         "| model | backend | precision | batch | mode | median | mean ± std | p90 | p95 | p99 | min | max "
-        "| first | img/s | GMACs/img | GOPS | % peak | CoV |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| first | img/s | GMACs/img | GOPS | % probe | % ceiling | CoV |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         lat = r["latency_ms"] or {}
@@ -107,15 +122,20 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {_f(lat.get('p95'))} | {_f(lat.get('p99'))} | {_f(lat.get('min'))} | {_f(lat.get('max'))} "
             f"| {_f(r['first_inference_ms'])} | {_f(r['throughput_images_per_s'], '.1f')} "
             f"| {_f(r['macs_per_image'] / 1e9 if r['macs_per_image'] else None, '.3f')} "
-            f"| {_f(r['achieved_gops'], '.1f')} | {_f(r['peak_percent'], '.1f')} "
+            f"| {_f(r['achieved_gops'], '.1f')} | {_f(r['probe_percent'], '.1f')} | {_f(r['ceiling_percent'], '.1f')} "
             f"| {r['spread']['value']:.1%}{' ⚠' if r['spread']['warning'] else ''} |")
     if doc["peaks"]:
-        lines += ["", "## Backend peaks (large GEMM, same run)", "",
-                  "| backend | precision asked | precision used | size | best ms | median ms | GOPS |",
-                  "|---|---|---|---:|---:|---:|---:|"]
+        lines += ["", "## Probe kernels (same run, backend, precision and threads)", "",
+                  "| backend | precision asked | precision used | kernel | shape | best ms | median ms | GOPS |",
+                  "|---|---|---|---|---|---:|---:|---:|"]
         for p in doc["peaks"]:
-            lines.append(f"| {p['backend']} | {p['precision']} | {p['precision_used']} | {p['size']} "
+            lines.append(f"| {p['backend']} | {p['precision']} | {p['precision_used']} | {p['kind']} | {p['shape']} "
                          f"| {p['best_ms']:.2f} | {p['median_ms']:.2f} | {p['gops']:.1f} |")
+    if doc["ceilings"]:
+        lines += ["", f"## Theoretical ceilings ({doc['ceiling_isa']})", "",
+                  "| precision | cores | MHz | ops/cycle/core | GOPS | derivation |", "|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {c['precision']} | {c['cores']} | {c['mhz']:.0f} | {c['ops_per_cycle_per_core']} "
+                  f"| {c['gops']:.1f} | {c['derivation']} |" for c in doc["ceilings"]]
     shown: set[str] = set()
     for r in records:
         layers = r["layers"]

@@ -1,9 +1,10 @@
 """Stage 5: `vmlp-deploy profile` - honest latency/throughput of models x backends x precisions x batches.
 
 One entry point, :func:`profile_models`: resolve the inputs, plan the configurations (skipping, with a
-reason, what a backend cannot do), measure each backend's GEMM peak, load every configuration, measure
-them interleaved, profile their layers in separate sessions, and write the run directory
-(profile.json, profile.md, charts, manifest.json) atomically.
+reason, what a backend cannot do, and running once what the CPU would run the same way twice), measure
+each backend's probe kernels, load every configuration, measure them interleaved, profile their layers in
+separate sessions, set every rate against the best probe and the ISA's ceiling, and write the run
+directory (profile.json, profile.md, charts, manifest.json) atomically.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from typing import Any
 
 import numpy as np
 
+from .. import cpu
 from ..backends import BACKENDS, RunOptions
 from ..backends.base import PRECISION_ALIASES, canonical_precision
 from ..errors import UserError
 from ..progress import Progress, Quiet
 from ..rundir import check_output_dir, staged_dir
 from . import environment
+from .ceiling import Clock, Rate, ceiling_dict, ceilings, host_clock
 from .inputs import ModelInput, resolve_inputs
 from .layers import aggregate
 from .measure import MODES, MeasurePlan, Probe, Samples, latency_stats, measure, spread, throughput
-from .peak import DEFAULT_SIZE, Peak, measure_peak
+from .peak import DEFAULT_SIZE, KINDS, Peak, measure_probe
 from .report import write_outputs
 
 BACKEND_NAMES = tuple(BACKENDS)
@@ -56,6 +59,7 @@ class ProfileOptions:
     spread_threshold: float = 0.05
     tiny: bool = False
     target: str = "cpu"
+    target_cpu: str = "host"
     charts: bool = True
     seed: int = 0
 
@@ -81,6 +85,7 @@ class ProfileOptions:
             raise UserError(f"--peak-size must be at least 16, got {self.peak_size}")
         if not 0 < self.spread_threshold < 10:
             raise UserError(f"--spread-warn must be a positive percentage, got {self.spread_threshold * 100:g}")
+        cpu.resolve_target(self.target_cpu)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "plan"}
@@ -114,6 +119,7 @@ class ProfileResult:
     out_dir: Path
     records: list[dict[str, Any]]
     peaks: list[dict[str, Any]]
+    cpu: dict[str, Any]
     environment: dict[str, Any]
     skipped: list[str]
     warnings: list[str]
@@ -152,7 +158,10 @@ def feed_shape(model: ModelInput, batch: int, sample_shape: tuple[int, ...] | No
 
 
 def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[list[Config], list[str]]:
-    """Every runnable combination, plus one reason per combination skipped."""
+    """Every runnable combination, plus one reason per combination skipped or run as another precision.
+
+    bf16 on a CPU without bf16 arithmetic runs f32 (OpenVINO falls back silently), so it is planned as the
+    f32 run it is: one record, not two of the same kernels under different labels."""
     explicit = "all" not in opt.backends
     names = list(dict.fromkeys(opt.backends if explicit else BACKEND_NAMES))
     skipped: list[str] = []
@@ -169,6 +178,7 @@ def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[lis
         raise UserError(f"--device {opt.device} selects the OpenVINO device: add --backend openvino or drop --device")
     precisions = list(dict.fromkeys(canonical_precision(p) or "f32" for p in opt.precisions))
     threads = opt.threads or _usable_cpus()
+    isa = cpu.host().isa
     configs: list[Config] = []
     seen: set[str] = set()
     for model in models:
@@ -185,6 +195,11 @@ def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[lis
                 if why:
                     skipped.append(f"{model.label} on {name} at {precision}: {why}")
                     continue
+                if precision == "bf16" and not isa.bf16 and _device(name, opt.device).upper() == "CPU":
+                    precision = "f32"
+                    skipped.append(f"{model.label} on {name}: bf16 requested: this CPU has no bf16 "
+                                   f"({isa.summary()}), runs f32; measured once as "
+                                   f"{precision_label(precision, model.quantized)}")
                 for batch in batches:
                     for mode in opt.modes:
                         streams = 1 if mode == "latency" else (opt.streams or (threads if name != "tensorrt" else 2))
@@ -238,6 +253,20 @@ def _peak_precision(config: Config) -> str:
     return "int8" if config.model.quantized else config.precision
 
 
+def _peak_key(config: Config) -> tuple[str, str, str]:
+    """Configurations that share probes: same backend, probe precision and device (threads are run-wide)."""
+    return config.backend, _peak_precision(config), config.options.device
+
+
+def _on_cpu(config: Config) -> bool:
+    """Whether the configuration runs on this host's CPU, the only device the ISA ceiling describes."""
+    return config.backend != "tensorrt" and config.options.device.upper() == "CPU"
+
+
+def _cores(config: Config) -> int:
+    return min(config.options.threads or _usable_cpus(), cpu.host().cores)
+
+
 def _norm(precision: str) -> str:
     return PRECISION_ALIASES.get(precision.lower(), precision)
 
@@ -266,16 +295,24 @@ def profile_models(
                             progress=progress, target=options.target)
     configs, skipped = plan_configs(models, options)
     env = environment.capture()
+    host, target = cpu.host(), cpu.resolve_target(options.target_cpu)
+    stands = cpu.host_stands_for(target)
+    warnings: list[str] = [] if stands else [
+        f"--target-cpu {target.name} ({target.isa.summary()}): timings are this host's ({host.isa.summary()}) "
+        "and cannot stand for the target; the ceilings are computed for the host's ISA, which ran them"]
 
-    peaks: dict[tuple[str, str, str], Peak] = {}
+    peaks: dict[tuple[str, str, str], list[Peak]] = {}
     if options.peak:
         for c in configs:
-            pk = (c.backend, _peak_precision(c), c.options.device)
-            if pk not in peaks:
-                with progress.step(f"Peak: {options.peak_size}x{options.peak_size} GEMM on {c.backend} "
-                                   f"({pk[1]}, {c.options.threads} threads)"):
-                    peaks[pk] = measure_peak(c.backend, pk[1], c.options, options.peak_size)
-                progress.note(f"{peaks[pk].gops:.1f} GOPS (ran {peaks[pk].precision_used})")
+            pk = _peak_key(c)
+            if pk in peaks:
+                continue
+            peaks[pk] = []
+            for kind in KINDS:
+                with progress.step(f"Probe: {kind} on {c.backend} ({pk[1]}, {c.options.threads} threads)"):
+                    peaks[pk].append(measure_probe(kind, c.backend, pk[1], c.options, options.peak_size))
+                progress.note(f"{peaks[pk][-1].gops:.1f} GOPS ({peaks[pk][-1].shape}, "
+                              f"ran {peaks[pk][-1].precision_used})")
 
     rng = np.random.default_rng(options.seed)
     inputs_by_shape: dict[tuple[int, ...], np.ndarray] = {}
@@ -314,24 +351,82 @@ def profile_models(
                 layers = session.layer_times(x, options.layer_runs)
                 breakdowns[lk] = aggregate(layers, options.layer_runs, options.top).to_dict()
 
-    warnings: list[str] = [busy] if busy else []
+    warnings += [busy] if busy else []
     records = []
     for c, s, info, loaded in zip(configs, samples, described, load_s, strict=True):
         lk = f"{c.model.label}|{c.backend}|{c.precision}|{c.batch}"
-        peak = peaks.get((c.backend, _peak_precision(c), c.options.device))
-        record = _record(c, s, info, loaded, peak, breakdowns.get(lk), options)
-        warnings.extend(record["warnings"])
-        records.append(record)
+        records.append(_record(c, s, info, loaded, breakdowns.get(lk), options))
+    warnings += _against_probes(configs, records, peaks)
+    run_ceilings, clock = _against_ceilings(configs, records, peaks, host)
+    if clock.mhz is None and any(_on_cpu(c) for c in configs):
+        warnings.append(f"no theoretical ceiling: {clock.source} (no % of ceiling)")
+    warnings += [w for r in records for w in r["warnings"]]
 
-    result = ProfileResult(out, records, [p.to_dict() for p in peaks.values()], env, skipped, warnings, {})
+    cpu_info = {"host_cpu": host.to_dict(), "target_cpu": target.to_dict(), "host_stands_for_target": stands,
+                "ceiling_isa": f"host: {host.isa.summary()}", "clock": {"mhz": clock.mhz, "source": clock.source},
+                "ceilings": run_ceilings}
+    result = ProfileResult(out, records, [p.to_dict() for ps in peaks.values() for p in ps], cpu_info, env,
+                           skipped, warnings, {})
     with progress.step(f"Writing {out}"), staged_dir(out, overwrite) as tmp:
         result.files = write_outputs(tmp, result, options, models, command=" ".join(sys.argv),
                                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return result
 
 
-def _record(c: Config, s: Samples, info: dict[str, Any], load_s: float, peak: Peak | None,
-            layers: dict[str, Any] | None, opt: ProfileOptions) -> dict[str, Any]:
+def _against_probes(configs: Sequence[Config], records: list[dict[str, Any]],
+                    peaks: dict[tuple[str, str, str], list[Peak]]) -> list[str]:
+    """Fill each record's ``probe_peak`` and ``probe_percent``: the best probe of its backend/precision, or a
+    model that beat every probe (a probe is only a floor of what the kernels can do); returns warnings."""
+    warnings = []
+    for pk, probes in peaks.items():
+        group = [(c, r) for c, r in zip(configs, records, strict=True) if _peak_key(c) == pk]
+        best = max(probes, key=lambda p: p.gops)
+        gops, source = best.gops, f"{best.kind} probe ({best.shape})"
+        fastest = max(group, key=lambda cr: cr[1]["achieved_gops"] or 0.0)
+        if (fastest[1]["achieved_gops"] or 0.0) > gops:
+            gops, source = fastest[1]["achieved_gops"], f"{fastest[0].key} (faster than every probe)"
+            warnings.append(f"{fastest[0].key}: {gops:.1f} GOPS beats every probe on {pk[0]} at {pk[1]} (best "
+                            f"{best.kind}, {best.gops:.1f} GOPS): % of best probe is measured against this rate")
+        summary = {"gops": gops, "source": source,
+                   "probes": [{"kind": p.kind, "shape": p.shape, "gops": p.gops, "precision_used": p.precision_used}
+                              for p in probes]}
+        for _, r in group:
+            r["probe_peak"] = summary
+            if r["achieved_gops"] is not None:
+                r["probe_percent"] = 100.0 * r["achieved_gops"] / gops
+    return warnings
+
+
+def _against_ceilings(configs: Sequence[Config], records: list[dict[str, Any]],
+                      peaks: dict[tuple[str, str, str], list[Peak]],
+                      host: cpu.HostCpu) -> tuple[list[dict[str, Any]], Clock]:
+    """Fill each CPU record's ``ceiling`` and ``ceiling_percent`` from the host ISA's ceiling at a clock that
+    no probe or model of this run exceeds; returns the ceilings used and the OS's clock."""
+    clock = host_clock(host)
+    rates, wanted = [], set()
+    for pk, probes in peaks.items():
+        c = next(c for c in configs if _peak_key(c) == pk)
+        if _on_cpu(c):
+            rates += [Rate("int8" if p.precision == "int8" else p.precision_used, _cores(c), p.gops,
+                           f"the {p.kind} probe on {p.backend}") for p in probes]
+    for c, r in zip(configs, records, strict=True):
+        if _on_cpu(c):
+            wanted.add((r["ceiling_precision"], _cores(c)))
+            if r["achieved_gops"]:
+                rates.append(Rate(r["ceiling_precision"], _cores(c), r["achieved_gops"], c.key))
+    found = ceilings(host.isa, clock, wanted, rates)
+    for c, r in zip(configs, records, strict=True):
+        ceiling = found.get((r["ceiling_precision"], _cores(c))) if _on_cpu(c) else None
+        if ceiling is not None:
+            r["ceiling"] = ceiling_dict(ceiling, host.isa)
+            if r["achieved_gops"] is not None:
+                r["ceiling_percent"] = 100.0 * r["achieved_gops"] / ceiling.gops
+    return [ceiling_dict(found[k], host.isa) for k in sorted(wanted) if k in found], clock
+
+
+def _record(c: Config, s: Samples, info: dict[str, Any], load_s: float, layers: dict[str, Any] | None,
+            opt: ProfileOptions) -> dict[str, Any]:
+    """The record of one configuration; the peaks it is set against are filled in once every rate is known."""
     stats = latency_stats(s.latencies_s)
     ips = throughput(s, c.batch)
     macs = c.model.macs
@@ -375,9 +470,11 @@ def _record(c: Config, s: Samples, info: dict[str, Any], load_s: float, peak: Pe
         "latency_ms": stats.to_dict() if stats else None,
         "throughput_images_per_s": ips,
         "achieved_gops": achieved,
-        "peak": None if peak is None else {"gops": peak.gops, "precision_used": peak.precision_used,
-                                           "size": peak.size},
-        "peak_percent": None if peak is None or achieved is None else 100.0 * achieved / peak.gops,
+        "probe_peak": None,
+        "probe_percent": None,
+        "ceiling_precision": ("int8" if c.model.quantized else inference_precision) if _on_cpu(c) else None,
+        "ceiling": None,
+        "ceiling_percent": None,
         "spread": {"value": value, "metric": metric, "threshold": opt.spread_threshold,
                    "warning": value > opt.spread_threshold},
         "layers": layers,
