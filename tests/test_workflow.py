@@ -84,3 +84,50 @@ def test_deploy_tiny_in_under_a_minute_and_reruns_reuse(workdir: Path, cli: Cli)
                          "--layer-runs", "0", "--no-charts", "--backend", "openvino")
     assert code == 0, err
     assert "reusing out/s2mlpv2_small-tiny " in out and "quantize openvino: reusing" in out
+
+
+@pytest.fixture(scope="module")
+def pipeline_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One run directory of every kind the pipeline writes, made by the real stages."""
+    from vmlp_deploy.export import ExportOptions, export_model
+    from vmlp_deploy.model import load_model
+    from vmlp_deploy.optimize import optimize_file
+    from vmlp_deploy.quantize import QuantizeOptions, quantize_run
+
+    root = tmp_path_factory.mktemp("matrix")
+    runs = {"export": root / "export"}
+    export_model(load_model("s2mlpv2_small", tiny=True), runs["export"], ExportOptions())
+    runs["optimize"] = optimize_file(runs["export"], root / "optimize", target="openvino").out_dir
+    for backend in ("cpu", "openvino", "tensorrt"):
+        runs[f"quantize-{backend}"] = quantize_run(runs["export"], QuantizeOptions(
+            backend=backend, output=root / f"q-{backend}", num_samples=16, holdout=4, layout="as-given")).out_dir
+    return runs
+
+
+RUN_KINDS = ("export", "optimize", "quantize-cpu", "quantize-openvino", "quantize-tensorrt")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "openvino"])
+@pytest.mark.parametrize("kind", RUN_KINDS)
+def test_profile_reads_every_run_directory(kind: str, backend: str, pipeline_runs: dict[str, Path], cli: Cli,
+                                           tmp_path: Path) -> None:
+    run = pipeline_runs[kind]
+    code, out, err = cli("profile", run, "--backend", backend, "-n", "3", "--warmup", "1", "--no-peak",
+                         "--layer-runs", "0", "--no-charts", "-o", tmp_path / "p")
+    if kind == "quantize-openvino" and backend == "cpu":
+        assert code == 2 and "does not read .xml" in err, "an OpenVINO IR cannot run on ONNX Runtime: said so"
+        return
+    assert code == 0, err
+    records = json.loads((tmp_path / "p" / "profile.json").read_text())["records"]
+    assert [r["backend"] for r in records] == [backend]
+    assert records[0]["quantized"] == kind.startswith("quantize")
+
+
+@pytest.mark.parametrize("kind", RUN_KINDS)
+def test_quantize_reads_float_runs_and_refuses_quantized_ones(kind: str, pipeline_runs: dict[str, Path],
+                                                              cli: Cli, tmp_path: Path) -> None:
+    code, _, err = cli("quantize", pipeline_runs[kind], "--backend", "cpu", "-o", tmp_path / "q", *QUICK)
+    if kind.startswith("quantize"):
+        assert code == 2 and "already quantized" in err and not (tmp_path / "q").exists()
+    else:
+        assert code == 0, err
