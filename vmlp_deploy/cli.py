@@ -109,7 +109,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     console.print(
         f"[bold]Exported[/bold] {result.onnx_path} ({human_size(size)}): "
         + " -> ".join(f"{k} {v}" for k, v in nodes.items()) + " nodes; manifest in "
-        + str(out / "manifest.json")
+        + str(out / "manifest.json"), soft_wrap=True
     )
     return 0
 
@@ -123,7 +123,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
                         target=args.target, progress=Steps(console))
     r = run.result
     console.print(f"[bold]Optimized[/bold] {run.onnx_path}: {r.nodes_before} -> {r.nodes_after} nodes, "
-                  f"{len(r.patterns)} shift sites rewritten; report in {out / 'manifest.json'}")
+                  f"{len(r.patterns)} shift sites rewritten; report in {out / 'manifest.json'}", soft_wrap=True)
     return 0
 
 

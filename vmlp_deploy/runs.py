@@ -77,7 +77,7 @@ def _info(path: Path, manifest: dict[str, Any]) -> RunInfo:
         model = ", ".join(p.get("models", [])) or model
         backend = ",".join(p.get("backends", [])) or "-"
         precision = ",".join(p.get("precisions", [])) or "-"
-        target = str(p.get("target_cpu", "-"))
+        target = str((p.get("target_cpu") or {}).get("name", "-"))
         figure = p.get("headline", f"{p.get('records', 0)} records")
     return RunInfo(path, stage, model, backend, precision, target, figure, _created(manifest, path), manifest)
 

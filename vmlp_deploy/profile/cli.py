@@ -15,6 +15,8 @@ from rich.text import Text
 
 from ..cpu import TARGET_NAMES, targets_help
 from ..errors import UserError
+from ..runs import int8_runs_of, latest_float_run
+from ..summary import markdown, print_rows, speedup_rows, write_markdown
 from ..targets import TARGETS
 
 T = TypeVar("T")
@@ -44,8 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Profile run directories, .onnx/.xml files or zoo model names on one or more backends; "
                     "configurations are measured interleaved so their ratios hold on a noisy machine.",
     )
-    p.add_argument("inputs", nargs="+", metavar="MODEL",
-                   help="run directory (export/quantize), .onnx, OpenVINO .xml, or zoo model name")
+    p.add_argument("inputs", nargs="*", metavar="MODEL",
+                   help="run directory (export/quantize), .onnx, OpenVINO .xml, or zoo model name (default: the "
+                        "most recent export under out/ and every INT8 run made from it for the chosen backends, "
+                        "with the INT8 speedup)")
     p.add_argument("--backend", type=_csv(str, "backends"), default=("all",), metavar="LIST",
                    help="cpu (ONNX Runtime), openvino, tensorrt, or all that are installed (default all); "
                         "comma-separated")
@@ -146,9 +150,23 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     if options.charts:
         require_matplotlib()
     out = args.output or default_output_dir()
-    result = profile_models(args.inputs, options, out, overwrite=args.overwrite, progress=Steps(console),
+    inputs, float_run, int8_runs = list(args.inputs), None, []
+    if not inputs:
+        float_run = latest_float_run()
+        int8_runs = [r for r in int8_runs_of(float_run)
+                     if "all" in options.backends or r.backend in options.backends]
+        inputs = [str(float_run.path), *(str(r.path) for r in int8_runs)]
+        console.print(f"Profiling the most recent export {float_run.path}"
+                      + (" and its INT8 runs " + ", ".join(str(r.path) for r in int8_runs) if int8_runs else
+                         " (no INT8 run made from it yet: `vmlp-deploy quantize` makes them)"), soft_wrap=True)
+    result = profile_models(inputs, options, out, overwrite=args.overwrite, progress=Steps(console),
                             on_measure=_Bar(console))
     print_result(console, result.records)
+    if float_run is not None and int8_runs:
+        rows = speedup_rows(result.records, float_run.path.name, int8_runs)
+        print_rows(console, rows, f"{float_run.path.name}: FP32 vs INT8 (batch 1, median latency)")
+        write_markdown(out / "summary.md", markdown(rows, f"FP32 vs INT8: {float_run.model}",
+                                                    {"profile": str(out)}, []))
     for c in result.cpu["ceilings"]:
         console.print(Text(f"ceiling {c['precision']} ({result.cpu['ceiling_isa']}): {c['derivation']}", style="dim"),
                       soft_wrap=True)

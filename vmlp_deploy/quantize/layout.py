@@ -7,7 +7,8 @@ MatMuls, no Transposes), and float speed does not tell: on an AVX2-only Zen 3, s
 
 So the candidates are the source graph and, for a zoo model this stage can rebuild exactly (random weights
 under the recorded seed, or the recorded checkpoint with the same sha256), its channels-first re-export. The
-re-export must compute the same function as the source on the calibration samples, or it is dropped.
+re-export must compute the same function as the source on the calibration samples, or it is dropped; it is
+cached under ``$VMLP_DEPLOY_CACHE`` by the source model's sha256, so every backend and rerun shares one.
 
 * host stands for the target (same integer path): each candidate is quantized on a few calibration samples
   (ranges do not change speed) and its INT8 latency is timed on the backend, interleaved; the faster wins.
@@ -26,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import __version__
 from ..backends import BACKENDS, RunOptions
+from ..backends.base import cache_root
 from ..errors import UserError
 from ..progress import Progress
-from ..rundir import sha256_file
+from ..rundir import MANIFEST, sha256_file
 from .source import SourceModel
 
 #: Calibration samples for the quick quantization that is only timed.
@@ -63,7 +66,7 @@ class LayoutChoice:
                 "candidates": self.candidates, "int8_median_ms": self.int8_median_ms}
 
 
-def _rebuild_channels_first(source: SourceModel, work: Path) -> tuple[Path | None, str]:
+def _rebuild_channels_first(source: SourceModel) -> tuple[Path | None, str]:
     """The channels-first re-export of a zoo run directory, or None and why it cannot be made."""
     from ..export import ExportOptions, export_model
     from ..model import load_model
@@ -87,13 +90,15 @@ def _rebuild_channels_first(source: SourceModel, work: Path) -> tuple[Path | Non
             return None, f"its checkpoint {path} is gone or changed since the export"
     elif not model.get("random_weights"):
         return None, "its weights were not loaded from a checkpoint file, so they cannot be rebuilt"
+    out = cache_root() / "layout" / f"{sha256_file(source.onnx_path)[:24]}-openvino-v{__version__}"
+    if (out / MANIFEST).is_file():
+        return out / "model.onnx", f"channels-first re-export reused from the cache {out}"
     lm = load_model(model["name"], checkpoint=Path(checkpoint["path"]) if checkpoint else None,
                     tiny=bool(model.get("tiny")), input_size=tuple(model["input_size"]), seed=int(export.get("seed", 0)))
-    out = work / "layout-openvino"
     result = export_model(lm, out, ExportOptions(opset=int(export["opset"]), exporter=str(export["exporter"]),
                                                  batch=int(export["batch"]), target="openvino",
-                                                 seed=int(export.get("seed", 0))))
-    return result.onnx_path, "re-exported with --target openvino"
+                                                 seed=int(export.get("seed", 0))), overwrite=True)
+    return result.onnx_path, f"re-exported with --target openvino into the cache {out}"
 
 
 def _same_function(a: Path, b: Path, samples: np.ndarray, batch: int | None) -> bool:
@@ -139,7 +144,7 @@ def choose_layout(source: SourceModel, backend: str, requested: str, host_ok: bo
         return LayoutChoice("as-given", source, "rule", f"{backend} runs the channels-last export fastest "
                             "(BENCHMARKS.md); this host cannot time the target's kernels")
     with progress.step("Re-exporting channels-first (--target openvino) as a layout candidate"):
-        path, note = _rebuild_channels_first(source, work)
+        path, note = _rebuild_channels_first(source)
         if path is not None and not _same_function(source.onnx_path, path, samples[:4], source.batch):
             path, note = None, "the re-export does not reproduce the source model's outputs"
     candidates = {"as-given": str(source.onnx_path), "openvino": str(path) if path else f"unavailable: {note}"}
