@@ -64,8 +64,17 @@ def test_export_quantize_runs_in_a_fresh_folder(workdir: Path, cli: Cli) -> None
     assert lines[0].split()[:3] == ["run", "stage", "model"]
     assert any(line.startswith("s2mlpv2_small-int8-openvino ") and " quantize " in line and " int8 " in line
                for line in lines)
+    code, out, err = cli("profile", "--backend", "openvino", "-n", "3", "--warmup", "1", "--layer-runs", "0",
+                         "--peak-size", "64", "--no-charts")
+    assert code == 0, err
+    assert "most recent export out/s2mlpv2_small and its INT8 runs out/s2mlpv2_small-int8-openvino" in out
+    prof = next((workdir / "out").glob("profile-*"))
+    records = json.loads((prof / "profile.json").read_text())["records"]
+    assert sorted((r["model"], r["backend"], r["precision"]) for r in records) == [
+        ("s2mlpv2_small", "openvino", "f32"), ("s2mlpv2_small-int8-openvino", "openvino", "int8")]
+    assert "FP32 vs INT8" in out and "speedup" in out and "| openvino |" in (prof / "summary.md").read_text()
     code, out, _ = cli("ls", "--json")
-    assert {r["stage"] for r in json.loads(out)} == {"export", "quantize"}
+    assert {r["stage"] for r in json.loads(out)} == {"export", "quantize", "profile"}
 
 
 def test_deploy_tiny_in_under_a_minute_and_reruns_reuse(workdir: Path, cli: Cli) -> None:
