@@ -40,9 +40,10 @@ class Steps:
             with self.console.status(f"{title}..."):
                 yield
         except BaseException:
-            self.console.print(f"[red]✗[/red] {title}")
+            self.console.print(f"[red]✗[/red] {title}", soft_wrap=True)
             raise
-        self.console.print(f"[green]✓[/green] {title} [dim]({time.perf_counter() - start:.1f} s)[/dim]")
+        elapsed = time.perf_counter() - start
+        self.console.print(f"[green]✓[/green] {title} [dim]({elapsed:.1f} s)[/dim]", soft_wrap=True)
 
     def note(self, text: str) -> None:
-        self.console.print(f"  {text}")
+        self.console.print(f"  {text}", soft_wrap=True)

@@ -74,12 +74,25 @@ def _info(path: Path, manifest: dict[str, Any]) -> RunInfo:
                   f"agreement {f.get('top1_agreement', 0):.0%}, SQNR {f.get('sqnr_db', 0):.1f} dB" if f else "")
     elif stage == "profile":
         p = stages["profile"]
-        model = ", ".join(p.get("models", [])) or model
-        backend = ",".join(p.get("backends", [])) or "-"
-        precision = ",".join(p.get("precisions", [])) or "-"
+        options = p.get("options") or {}
+        names = list(dict.fromkeys(str(i.get("model_name") or i.get("label")) for i in manifest.get("inputs") or []))
+        model = ", ".join(names) or model
+        backend = ",".join(options.get("backends") or []) or "-"
+        precision = ",".join(options.get("precisions") or []) or "-"
         target = str((p.get("target_cpu") or {}).get("name", "-"))
-        figure = p.get("headline", f"{p.get('records', 0)} records")
+        figure = _profile_figure(path) or f"{p.get('records', 0)} records"
     return RunInfo(path, stage, model, backend, precision, target, figure, _created(manifest, path), manifest)
+
+
+def _profile_figure(path: Path) -> str:
+    """The first few medians of a profile run: ``label backend precision 12.3 ms; ...``."""
+    try:
+        records = json.loads((path / "profile.json").read_text())["records"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return ""
+    parts = [f"{r['model']} {r['backend']} {r['precision']} {r['latency_ms']['median']:.1f} ms"
+             for r in records[:3] if r.get("latency_ms")]
+    return "; ".join(parts) + ("; ..." if len(records) > 3 else "")
 
 
 def list_runs(root: Path = DEFAULT_ROOT) -> list[RunInfo]:
