@@ -16,7 +16,7 @@ from .errors import UserError
 from .export import ExportOptions, ExportResult, export_model
 from .model import load_model
 from .models import get_variant
-from .profile.run import ProfileOptions, ProfileResult, profile_models
+from .profile.run import ProfileOptions, ProfileResult, default_output_dir, profile_models
 from .progress import Progress, Quiet
 from .quantize import QuantizeOptions, quantize_run
 from .quantize.stage import default_output
@@ -121,7 +121,7 @@ def deploy(opt: DeployOptions, progress: Progress | None = None) -> DeployResult
     profile_opt = replace(opt.profile, backends=profile_backends, target_cpu=opt.quantize.target_cpu)
     with progress.step("Stage 3/3: profile FP32 and INT8 side by side"):
         result = profile_models([str(export_dir), *(str(d) for d in int8_dirs.values())], profile_opt,
-                                progress=progress)
+                                default_output_dir(opt.root), progress=progress)
     rows = speedup_rows(result.records, export_dir.name, int8_runs)
     files = {"export": str(export_dir), **{f"INT8 {b}": str(d) for b, d in int8_dirs.items()},
              "profile": str(result.out_dir)}

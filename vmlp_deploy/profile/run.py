@@ -271,8 +271,14 @@ def _norm(precision: str) -> str:
     return PRECISION_ALIASES.get(precision.lower(), precision)
 
 
-def default_output_dir() -> Path:
-    return Path("out") / f"profile-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+def default_output_dir(root: Path = Path("out")) -> Path:
+    """``out/profile-<timestamp>``; a second profile within the same second gets ``-2``, ``-3``..."""
+    base = root / f"profile-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 def profile_models(
