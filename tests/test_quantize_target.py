@@ -224,3 +224,25 @@ def test_keep_float_auto_ranks_with_the_targets_saturation(fragile_trained: Path
     pred = result.manifest["stages"]["quantize"]["saturation_prediction"]
     assert pred["target"] == "avx2" and pred["summary"]["pairs"] > 0
     assert result.sensitivity is not None and len(result.sensitivity.history) <= 2
+
+
+def test_cpuid_is_what_the_process_sees() -> None:
+    """CPUID never reports a feature the kernel's cpuinfo lacks; under qemu -cpu Haswell it hides AVX-512/VNNI, so
+    the host ISA (and every decision made from it) follows the CPU the runtimes really dispatch on."""
+    import subprocess
+    import sys
+
+    from vmlp_deploy.emulate import QEMU, emulation_available
+
+    seen = cpu.cpuid_features()
+    if seen is None:
+        pytest.skip("CPUID cannot be executed here (not x86-64, or no executable memory)")
+    flags = set(Path("/proc/cpuinfo").read_text().split("flags", 1)[1].splitlines()[0].split())
+    assert seen <= flags
+    why = emulation_available()
+    if why is not None:
+        pytest.skip(why)
+    code = "from vmlp_deploy import cpu; h = cpu.host(); print(h.isa.summary(), h.isa.u8s8_saturates, h.isa.bf16)"
+    done = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.split("\n")[0].strip() == "x86_64 AVX2 True False"

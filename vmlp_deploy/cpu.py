@@ -203,7 +203,7 @@ class HostCpu:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "cores": self.cores, "nominal_mhz": self.nominal_mhz, "max_mhz": self.max_mhz,
-                **self.isa.to_dict()}
+                "flags_source": self.flags_source, **self.isa.to_dict()}
 
 
 def _read(path: str) -> str | None:
@@ -213,15 +213,67 @@ def _read(path: str) -> str | None:
         return None
 
 
+#: x86-64 machine code for ``void cpuid(uint32 leaf, uint32 subleaf, uint32 out[4])`` (System V ABI):
+#: push rbx; mov eax, edi; mov ecx, esi; mov r8, rdx; cpuid; mov [r8], eax; mov [r8+4], ebx;
+#: mov [r8+8], ecx; mov [r8+12], edx; pop rbx; ret
+_CPUID_CODE = bytes.fromhex("5389f889f14989d00fa2418900418958044189480841895 00c5bc3".replace(" ", ""))
+#: (leaf, subleaf, register index eax=0..edx=3, bit) of each feature whose absence CPUID can prove.
+_CPUID_BITS = {
+    "avx2": (7, 0, 1, 5), "avx512f": (7, 0, 1, 16), "avx512bw": (7, 0, 1, 30), "avx512vl": (7, 0, 1, 31),
+    "avx512_vnni": (7, 0, 2, 11), "avx512_fp16": (7, 0, 3, 23), "amx_bf16": (7, 0, 3, 22), "amx_tile": (7, 0, 3, 24),
+    "amx_int8": (7, 0, 3, 25), "avx_vnni": (7, 1, 0, 4), "avx512_bf16": (7, 1, 0, 5), "fma": (1, 0, 2, 12),
+}
+
+
+def cpuid_features() -> frozenset[str] | None:
+    """The x86 features this process's CPUID reports, or None where it cannot be executed.
+
+    /proc/cpuinfo describes the physical CPU; CPUID is what the process sees, which is what ONNX Runtime and
+    OpenVINO dispatch on. They differ under an emulator (``qemu-x86_64 -cpu Haswell`` keeps the host's
+    /proc/cpuinfo) or a hypervisor that masks features, and the runtimes follow CPUID.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    import ctypes
+    import mmap
+
+    try:
+        page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    except (OSError, ValueError, AttributeError):
+        return None
+    try:
+        page.write(_CPUID_CODE)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+        call = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32))(address)
+        regs: dict[tuple[int, int], list[int]] = {}
+        for leaf, sub in {(leaf, sub) for leaf, sub, _, _ in _CPUID_BITS.values()}:
+            out = (ctypes.c_uint32 * 4)()
+            call(leaf, sub, out)
+            regs[(leaf, sub)] = list(out)
+        del call, address
+        return frozenset(name for name, (leaf, sub, reg, bit) in _CPUID_BITS.items()
+                         if regs[(leaf, sub)][reg] >> bit & 1)
+    finally:
+        page.close()
+
+
 @lru_cache(maxsize=1)
 def host() -> HostCpu:
-    """Detect the host once per process (``VMLP_CPUINFO`` may name another cpuinfo file, for tests)."""
+    """Detect the host once per process: /proc/cpuinfo's flags, less those this process's CPUID does not report
+    (``VMLP_CPUINFO`` may name another cpuinfo file, for tests; then CPUID is not consulted)."""
     machine = platform.machine()
-    text = _read(os.environ.get("VMLP_CPUINFO", "/proc/cpuinfo")) or ""
+    fake = os.environ.get("VMLP_CPUINFO")
+    text = _read(fake or "/proc/cpuinfo") or ""
     isa, model, nominal = parse_cpuinfo(text, machine)
+    seen = None if fake else cpuid_features()
+    source = "/proc/cpuinfo"
+    if seen is not None and isa.x86:
+        hidden = {f for f in isa.features if f in _CPUID_BITS and f not in seen}
+        isa = Isa(isa.arch, isa.features - hidden, isa.vendor, isa.family)
+        source = "/proc/cpuinfo and CPUID" + (f" (CPUID hides {', '.join(sorted(hidden))})" if hidden else "")
     max_khz = (_read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") or "").strip()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return HostCpu(isa, model, cores, nominal, int(max_khz) / 1000 if max_khz.isdigit() else None)
+    return HostCpu(isa, model, cores, nominal, int(max_khz) / 1000 if max_khz.isdigit() else None, source)
 
 
 def resolve_target(name: str | None) -> CpuTarget:
