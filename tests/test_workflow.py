@@ -4,7 +4,6 @@ accepted by every later stage."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,13 +76,11 @@ def test_export_quantize_runs_in_a_fresh_folder(workdir: Path, cli: Cli) -> None
     assert {r["stage"] for r in json.loads(out)} == {"export", "quantize", "profile"}
 
 
-def test_deploy_tiny_in_under_a_minute_and_reruns_reuse(workdir: Path, cli: Cli) -> None:
-    start = time.perf_counter()
+def test_deploy_tiny_and_reruns_reuse(workdir: Path, cli: Cli) -> None:
+    """(Its wall time, under a minute on 2 cores, is measured in BENCHMARKS.md, not asserted here.)"""
     code, out, err = cli("deploy", "--model", "s2mlpv2", "--tiny", "--num-samples", "16", "-n", "5",
                          "--layer-runs", "1", "--no-charts")
-    elapsed = time.perf_counter() - start
     assert code == 0, err
-    assert elapsed < 60, f"deploy --tiny took {elapsed:.0f} s"
     assert "FP32 vs INT8" in out and "speedup" in out
     summaries = list((workdir / "out").glob("profile-*/summary.md"))
     assert len(summaries) == 1
