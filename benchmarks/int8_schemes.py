@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +30,7 @@ from vmlp_deploy.model import load_model
 from vmlp_deploy.quantize import QuantizeOptions, quantize_run
 from vmlp_deploy.quantize import digits as dg
 from vmlp_deploy.quantize.fidelity import run_all
+from vmlp_deploy.quantize.layout import interleaved_medians
 
 SCHEMES = {"cpu": ("u8s8", "u8s8-7bit", "u8u8", "auto"), "openvino": ("u8s8", "u8s8-7bit", "auto")}
 
@@ -79,15 +79,7 @@ def speed_table(model: str, work: Path, iterations: int, threads: int) -> dict[s
                                                    int8_scheme=scheme, layout="as-given", num_samples=32))
         paths[scheme] = result.model_path
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    timers = {k: BACKENDS["cpu"].load(p, RunOptions(threads=threads, spinning=False)).timer(x) for k, p in paths.items()}
-    for t in timers.values():
-        for _ in range(5):
-            t()
-    times: dict[str, list[float]] = {k: [] for k in timers}
-    for _ in range(iterations):
-        for k, t in timers.items():
-            times[k].append(t() * 1e3)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians("cpu", paths, x, threads, rounds=iterations)
     return {"model": model, "threads": threads, "iterations": iterations,
             "median_ms": {k: round(v, 2) for k, v in med.items()},
             "ratio_to_fp32": {k: round(v / med["fp32"], 3) for k, v in med.items() if k != "fp32"}}

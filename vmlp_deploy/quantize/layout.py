@@ -111,8 +111,9 @@ def _same_function(a: Path, b: Path, samples: np.ndarray, batch: int | None) -> 
     return float(np.abs(outs[0] - outs[1]).max()) <= SAME_FUNCTION_RTOL * scale
 
 
-def _time_int8(backend: str, models: dict[str, Path], x: np.ndarray, threads: int | None) -> dict[str, float]:
-    """Median latency per candidate, one inference each per round, rounds interleaved (ORT spinning off, so one
+def interleaved_medians(backend: str, models: dict[str, Path], x: np.ndarray, threads: int | None,
+                        rounds: int = TIMING_ROUNDS) -> dict[str, float]:
+    """Median latency (ms) per model, one inference each per round, rounds interleaved (ORT spinning off, so one
     session's spinning threads do not steal the next one's cores; OpenVINO's float parts pinned to f32)."""
     precision = "f32" if backend == "openvino" else None
     timers = {name: BACKENDS[backend].load(path, RunOptions(threads=threads, precision=precision, spinning=False))
@@ -121,7 +122,7 @@ def _time_int8(backend: str, models: dict[str, Path], x: np.ndarray, threads: in
         for _ in range(3):
             timer()
     times: dict[str, list[float]] = {name: [] for name in timers}
-    for _ in range(TIMING_ROUNDS):
+    for _ in range(rounds):
         for name, timer in timers.items():
             times[name].append(timer())
     return {name: round(float(np.median(t)) * 1e3, 3) for name, t in times.items()}
@@ -167,7 +168,7 @@ def choose_layout(source: SourceModel, backend: str, requested: str, host_ok: bo
             folder.mkdir()
             quantized[name] = quick_quantize(src, samples[:TIMING_SAMPLES], folder)
         x = samples[: source.batch or 1]
-        medians = _time_int8(backend, quantized, x, threads)
+        medians = interleaved_medians(backend, quantized, x, threads)
     progress.note("INT8 median latency by layout: " + ", ".join(f"{k} {v:.1f} ms" for k, v in medians.items()))
     ratio = medians["openvino"] / medians["as-given"]
     if ratio <= 1 - MARGIN:
