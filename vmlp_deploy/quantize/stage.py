@@ -403,7 +403,8 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
                                 f"saturate in {saturation['summary']['saturating_layers']} layer(s) "
                                 "(see saturation_prediction in the manifest); --int8-scheme auto avoids it")
             timed("saturation_prediction", t)
-        if logits.top1_agreement < opt.min_agreement:
+        random_weights = bool(source.manifest.get("model", {}).get("random_weights", False))
+        if logits.top1_agreement < opt.min_agreement and not random_weights:
             warnings.append(f"top-1 agreement {logits.top1_agreement:.1%} is below --min-agreement "
                             f"{opt.min_agreement:.1%}" + ("" if opt.keep_float_auto else
                                                          ": try --keep-float auto"))
@@ -412,7 +413,6 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
             t = time.perf_counter()
             accuracy = _accuracy(folder, recipe, fp32, int8, source.batch, progress)
             timed("accuracy", t)
-        random_weights = bool(source.manifest.get("model", {}).get("random_weights", False))
         gate = fidelity_gate(opt, logits, accuracy, random_weights, len(keep))
         if not gate.passed:
             if opt.gate:
