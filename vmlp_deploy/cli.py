@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
@@ -269,12 +272,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Where an internal error is to be reported; the message adds the run's facts so the report is reproducible.
+REPORT_TO = "the vmlp-deploy issue tracker (your copy's repository)"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: unwinds like Ctrl-C (staged outputs are deleted, the previous run is kept) and
+    exits with 128 + the signal's number, the shell's convention (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def run_facts(argv: list[str]) -> str:
+    """The facts an internal-error report needs: the command as typed, this version, Python and the platform."""
+    command = " ".join(["vmlp-deploy", *argv])
+    return (f"command: {command}; vmlp-deploy {__version__}; Python {platform.python_version()}; "
+            f"{platform.platform()}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb; every failure ends in one message and an exit code per class of error (README table)."""
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if main_thread else None
     try:
         return int(args.func(args) or 0)
     except (UserError, UnknownModelError) as e:
@@ -282,16 +313,22 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         return getattr(e, "exit_code", 2)
-    except KeyboardInterrupt:
-        err_console.print("[red]interrupted[/red]")
-        return 130
-    except Exception as e:  # an internal bug: say so in one line, keep the traceback behind --debug
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        err_console.print(f"[red]interrupted[/red] by {signal.Signals(signum).name}: nothing was written "
+                          "(an existing run is left as it was)", soft_wrap=True)
+        return 128 + signum
+    except Exception as e:  # an internal bug: say so, where to report it and with which facts
         if args.debug:
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        err_console.print(f"[red]internal error:[/red] {type(e).__name__}: {escape(first)} (re-run with --debug and report it)",
-                          soft_wrap=True)
+        err_console.print(f"[red]internal error:[/red] {type(e).__name__}: {escape(first)}", soft_wrap=True)
+        err_console.print(f"  this is a bug in vmlp-deploy: please report it to {REPORT_TO} with the traceback "
+                          f"from --debug and these facts: {escape(run_facts(argv))}", soft_wrap=True)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""User-facing errors: one line naming the problem and the fix, printed without a traceback by the CLI."""
+"""User-facing errors: one line naming the problem and the fix, printed without a traceback by the CLI.
+
+Each class has its own exit code so scripts and CI can tell a bad input from a failed gate or a missing runtime
+(README: "Bad input and exit codes"): 2 usage/bad input, 3 validation gate, 4 fidelity gate, 5 backend
+unavailable; the CLI adds 130 (interrupted: SIGINT or SIGTERM) and 1 (internal error).
+"""
 
 from __future__ import annotations
 
@@ -19,3 +24,9 @@ class FidelityGateError(UserError):
     """The INT8 model loses more accuracy than allowed (``quantize --max-drop``): a hard gate, exit code 4."""
 
     exit_code = 4
+
+
+class BackendUnavailableError(UserError):
+    """A backend's library is missing or fails to load here: not the input's fault, so its own exit code 5."""
+
+    exit_code = 5

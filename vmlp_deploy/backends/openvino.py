@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import BackendUnavailableError, UserError
 from .base import Concurrent, LayerTime, RunOptions, Timer, canonical_precision, fixed_shape, require_profiling
 
 PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
@@ -175,12 +175,15 @@ class OpenVinoBackend:
             import openvino  # noqa: F401
         except ImportError:
             return "OpenVINO is not installed: pip install openvino (it is a dependency of vmlp-deploy)"
+        except Exception as e:  # installed but broken (a missing shared library, an ABI mismatch)
+            return (f"OpenVINO is installed but fails to load ({type(e).__name__}): "
+                    "pip install --force-reinstall openvino")
         return None
 
     def load(self, model: Path, options: RunOptions) -> OvSession:
         reason = self.unavailable_reason()
         if reason:
-            raise UserError(reason)
+            raise BackendUnavailableError(reason)
         if model.suffix not in self.suffixes:
             raise UserError(f"openvino reads .onnx or OpenVINO IR .xml files, not {model.name}")
         return OvSession(model, options)

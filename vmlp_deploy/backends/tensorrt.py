@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import BackendUnavailableError, UserError
 from .base import (
     Concurrent,
     LayerTime,
@@ -51,7 +51,10 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise UserError(f"TensorRT is not installed ({e.msg}): {INSTALL_HINT}") from None
+        raise BackendUnavailableError(f"TensorRT is not installed ({e.msg}): {INSTALL_HINT}") from None
+    except Exception as e:  # installed but its shared libraries fail to load (driver, CUDA mismatch)
+        raise BackendUnavailableError(f"TensorRT is installed but fails to load ({type(e).__name__}: "
+                                      f"{_first_line(e)}): {INSTALL_HINT}") from None
     return trt
 
 
@@ -63,9 +66,14 @@ def import_cudart() -> Any:
         try:
             from cuda import cudart
         except ImportError:
-            raise UserError(f"cuda-python is not installed (TensorRT needs it here for buffers and CUDA events): "
-                            f"{INSTALL_HINT}") from None
+            raise BackendUnavailableError("cuda-python is not installed (TensorRT needs it here for buffers and "
+                                          f"CUDA events): {INSTALL_HINT}") from None
     return cudart
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 def model_digest(model: Path) -> str:
@@ -417,7 +425,7 @@ class TensorRtBackend:
         try:
             import_tensorrt()
             import_cudart()
-        except UserError as e:
+        except BackendUnavailableError as e:
             return str(e)
         return None
 

@@ -23,7 +23,7 @@ import numpy as np
 from .. import cpu
 from ..backends import BACKENDS, RunOptions
 from ..backends.base import PRECISION_ALIASES, canonical_precision
-from ..errors import UserError
+from ..errors import BackendUnavailableError, UserError
 from ..progress import Progress, Quiet
 from ..rundir import check_output_dir, staged_dir
 from . import environment
@@ -171,7 +171,7 @@ def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[lis
         if reason is None:
             usable.append(name)
         elif explicit:
-            raise UserError(reason)
+            raise BackendUnavailableError(reason)
         else:
             skipped.append(f"{name}: {reason}")
     if opt.device.upper() != "CPU" and "openvino" not in usable:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import UserError
+from ..errors import BackendUnavailableError, UserError
 from ..progress import Progress
 from .data import BatchReader
 from .options import QuantizeOptions
@@ -41,12 +41,12 @@ _SPLIT_SUFFIX = re.compile(r"/WithoutBiases$")
 
 
 def openvino_missing() -> list[str]:
-    """The modules of OpenVINO's INT8 path that do not import here (none when it is usable)."""
+    """The modules of OpenVINO's INT8 path that do not import (or fail to load) here; none when it is usable."""
     missing = []
     for module in ("openvino", "nncf"):
         try:
             __import__(module)
-        except ImportError:
+        except Exception:  # ImportError, or a broken install failing inside its own import
             missing.append(module)
     return missing
 
@@ -55,8 +55,9 @@ def require_openvino() -> None:
     """A clear, actionable error when OpenVINO or NNCF is missing (both are vmlp-deploy dependencies)."""
     missing = openvino_missing()
     if missing:
-        raise UserError(f"--backend openvino needs {' and '.join(missing)}, which is not installed: "
-                        f"pip install {' '.join(missing)} (or reinstall vmlp-deploy, which depends on them)")
+        raise BackendUnavailableError(f"--backend openvino needs {' and '.join(missing)}, which does not import "
+                                      f"here: pip install --force-reinstall {' '.join(missing)} (vmlp-deploy "
+                                      "depends on them)")
 
 
 def auto_model_type(model: onnx.ModelProto) -> tuple[str, str]:
