@@ -7,6 +7,9 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+from .errors import UserError
 
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # below protobuf's hard 2 GiB limit, with room for the graph
 
@@ -27,6 +30,39 @@ def save(model: onnx.ModelProto, path: Path, threshold: int = EXTERNAL_DATA_THRE
         return data_name
     onnx.save_model(model, str(path))
     return None
+
+
+def load_checked(path: Path, *, load_external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model from outside, refusing what would otherwise pass silently or crash later.
+
+    Protobuf parses an empty file as an empty ``ModelProto``, so a 0-byte or graph-less file must be refused
+    here; missing external-data files are named before any runtime trips over them."""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: pass an .onnx file or a run directory from `vmlp-deploy export`")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty (0 bytes): re-export the model or copy it again")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and friends on a corrupt or truncated file
+        raise UserError(f"{path} is not a readable ONNX model ({type(e).__name__}; truncated or not ONNX): "
+                        "re-export it or copy it again") from None
+    graph = model.graph
+    if not graph.node or not graph.input or not graph.output:
+        raise UserError(f"{path} parses but holds an empty graph ({len(graph.node)} nodes, {len(graph.input)} inputs, "
+                        f"{len(graph.output)} outputs): it is not a model; re-export it")
+    for tensor in graph.initializer:
+        if uses_external_data(tensor):
+            data = path.parent / ExternalDataInfo(tensor).location
+            if not data.is_file():
+                raise UserError(f"{path} keeps its weights in {data.name}, which is missing: keep that file beside "
+                                "the model (or re-export it)")
+    if load_external_data:
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as e:  # a short or unreadable data file
+            raise UserError(f"cannot read the external weights of {path} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else 'no message'}): re-export it") from None
+    return model
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:

@@ -16,7 +16,7 @@ import onnx
 
 from .errors import UserError
 from .export import environment
-from .onnx_io import save
+from .onnx_io import load_checked, save
 from .passes import OptimizeResult, optimize_model
 from .progress import Progress, Quiet
 from .rundir import MANIFEST, peak_rss_mb, read_manifest, staged_dir, write_json
@@ -34,7 +34,13 @@ def resolve_onnx(source: Path) -> tuple[Path, dict[str, Any] | None]:
     """A run directory (its manifest names the model) or a bare ``.onnx`` file."""
     if source.is_dir():
         manifest = read_manifest(source)
-        return source / manifest["artifacts"]["onnx"], manifest
+        name = manifest.get("artifacts", {}).get("onnx")
+        if not name:
+            raise UserError(f"{source / MANIFEST} names no ONNX model (artifacts.onnx): pass the .onnx file itself "
+                            "or re-run `vmlp-deploy export`")
+        if not (source / name).is_file():
+            raise UserError(f"{source / MANIFEST} names {name}, which is missing: re-run `vmlp-deploy export`")
+        return source / name, manifest
     if not source.exists():
         raise UserError(f"{source} does not exist: pass an .onnx file or a run directory from `vmlp-deploy export`")
     if source.suffix != ".onnx":
@@ -50,12 +56,7 @@ def optimize_file(
     path, manifest = resolve_onnx(source)
     with staged_dir(out_dir, overwrite) as tmp:
         with progress.step(f"Loading {path}"):
-            try:
-                model = onnx.load(str(path))
-            except (onnx.onnx_cpp2py_export.checker.ValidationError, OSError, ValueError) as e:
-                raise UserError(f"cannot read ONNX model {path}: {str(e).splitlines()[0][:200]}") from None
-            except Exception as e:  # protobuf DecodeError and friends: not an ONNX file
-                raise UserError(f"{path} is not a readable ONNX model ({type(e).__name__}): check the file") from None
+            model = load_checked(path)
         with progress.step("Rewriting token-mixing shifts into Pad + grouped Conv (verified)"):
             result = optimize_model(model, verify=verify, seed=seed, target=target)
         for line in result.summary_lines():

@@ -106,5 +106,7 @@ def load_image(path: Path) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             return img.copy()
-    except (UnidentifiedImageError, OSError) as e:
+    except Image.DecompressionBombError as e:
+        raise UserError(f"image {path} is too large to decode safely ({e}): resize it") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UserError(f"cannot read image {path}: {e}") from None

@@ -27,6 +27,9 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
     """Refuse an existing output directory unless asked to overwrite, and fail early on unwritable parents."""
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is not a directory: choose another -o")
+    blocker = next((p for p in out.absolute().parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"cannot create {out}: {blocker} is a file, not a directory: choose another -o")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"output directory {out} already exists: pass --overwrite or choose another -o")
     parent = out.resolve().parent
@@ -84,9 +87,37 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{run_dir} has no {MANIFEST}: pass a directory written by `vmlp-deploy export`")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): re-run the export") from None
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        raise UserError(f"{path} is not valid JSON ({why}): re-run the export") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise UserError(f"{path} is not a vmlp-deploy manifest ({problem}; hand-edited?): re-run the stage that "
+                        "wrote it, or restore the file")
+    return manifest
+
+
+#: The manifest keys later stages read, and the JSON types each must have when present.
+_MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (dict,), "artifacts": (dict,), "stages": (dict,), "preprocessing": (dict, type(None)),
+}
+_ARTIFACT_NAMES = ("onnx", "openvino_xml", "external_data")
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What makes a parsed manifest unusable (wrong top-level or key types), or None: checked once here so
+    every stage can index it without a KeyError/TypeError turning into an internal error."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    for key, types in _MANIFEST_TYPES.items():
+        if key in manifest and not isinstance(manifest[key], types):
+            return f"{key!r} is a {type(manifest[key]).__name__}, not an object"
+    for name in _ARTIFACT_NAMES:
+        value = manifest.get("artifacts", {}).get(name)
+        if value is not None and (not isinstance(value, str) or Path(value).name != value):
+            return f"artifacts.{name} is {value!r}, not a file name"
+    return None
 
 
 def sha256_file(path: Path) -> str:

@@ -21,6 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import UserError
+from ..onnx_io import load_checked
 from .base import Concurrent, LayerTime, RunOptions, Timer, canonical_precision, fixed_shape, require_profiling
 
 _LEVELS = {
@@ -37,10 +38,7 @@ QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInt
 def graph_input(model: Path) -> tuple[str, list[int | str], bool]:
     """Name and declared shape of the model's single image input, and whether the graph is quantized
     (QDQ nodes or QLinear*/*Integer operators), read from the protobuf without the weights."""
-    try:
-        graph = onnx.load(str(model), load_external_data=False).graph
-    except Exception as e:  # protobuf raises DecodeError and friends on a corrupt file
-        raise UserError(f"{model} is not a readable ONNX model ({type(e).__name__}): re-export it") from None
+    graph = load_checked(model, load_external_data=False).graph
     initializers = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if len(inputs) != 1:

@@ -188,7 +188,8 @@ def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[lis
         for name in usable:
             backend = BACKENDS[name]
             if model.path.suffix not in backend.suffixes:
-                skipped.append(f"{model.label} on {name}: {name} does not read {model.path.suffix} files")
+                hint = " (OpenVINO IR runs on --backend openvino)" if model.path.suffix == ".xml" else ""
+                skipped.append(f"{model.label} on {name}: {name} does not read {model.path.suffix} files{hint}")
                 continue
             for precision in precisions:
                 why = _unsupported(model, name, precision)
@@ -297,6 +298,10 @@ def profile_models(
     check_output_dir(out, overwrite)
     if not inputs:
         raise UserError("nothing to profile: pass run directories, .onnx/.xml files or zoo model names")
+    for name in dict.fromkeys(b for b in options.backends if b != "all"):  # before any zoo export is spent
+        reason = BACKENDS[name].unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailableError(reason)
     models = resolve_inputs(inputs, tiny=options.tiny, sample_shape=options.input_shape, batches=options.batches,
                             progress=progress, target=options.target)
     configs, skipped = plan_configs(models, options)

@@ -137,8 +137,8 @@ def _tensor_samples(path: Path, shape: tuple[int, ...] | None) -> list[np.ndarra
             want = "(C, H, W) or (N, C, H, W)" if shape is None else f"{shape} or (N, {', '.join(map(str, shape))})"
             raise UserError(f"{path} holds a tensor of shape {stored}; the model takes {want}: "
                             "save preprocessed NCHW float tensors of the model's input size")
-        if not np.issubdtype(a.dtype, np.number):
-            raise ValueError(f"non-numeric dtype {a.dtype}")
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise ValueError(f"{path.name} has dtype {a.dtype}: save preprocessed float32 tensors")
         a = a.astype(np.float32)
         if not np.isfinite(a).all():
             raise UserError(f"{path} holds NaN or infinite values: fix the tensors")
@@ -175,6 +175,7 @@ def load_directory(
     order = np.random.default_rng(seed).permutation(len(files))
     wanted = num_samples + holdout
     samples: list[np.ndarray] = []
+    first_problem = ""
     with bar(progress, f"Reading calibration data from {root}", min(wanted, len(files))) as advance:
         for idx in order:
             if len(samples) >= wanted:
@@ -183,8 +184,9 @@ def load_directory(
             if path.suffix.lower() in TENSOR_SUFFIXES:
                 try:
                     got = _tensor_samples(path, sample_shape)
-                except (ValueError, OSError, EOFError):
+                except (ValueError, OSError, EOFError) as e:
                     stats.skipped_unreadable.append(str(path))
+                    first_problem = first_problem or str(e).splitlines()[0][:200]
                     continue
                 samples.extend(got)
                 stats.tensors += len(got)
@@ -195,8 +197,9 @@ def load_directory(
                 raise _no_recipe(f"image {path}")
             try:
                 img = load_image(path)
-            except UserError:
+            except UserError as e:
                 stats.skipped_unreadable.append(str(path))
+                first_problem = first_problem or str(e)
                 continue
             if not allow_upscale and not _fits(img, recipe):
                 stats.skipped_too_small.append(str(path))
@@ -210,8 +213,8 @@ def load_directory(
             h, w = recipe.input_size if recipe else (0, 0)
             raise UserError(f"all {len(stats.skipped_too_small)} readable images in {root} are smaller than the "
                             f"model's {h}x{w} crop: use larger images, or pass --allow-upscale to enlarge them")
-        raise UserError(f"none of the {len(files)} files in {root} could be read as an image or tensor: "
-                        "check the files (they may be corrupt or not images)")
+        raise UserError(f"none of the {len(files)} files in {root} could be read as an image or tensor "
+                        f"(first: {first_problem}): check the files (they may be corrupt or not images)")
     if len(samples) < 2:
         raise UserError(f"{root} gave only 1 usable sample: calibration and the held-out fidelity check need at "
                         "least 2 (a few hundred is better)")

@@ -17,6 +17,7 @@ from typing import Any
 import onnx
 
 from ..errors import UserError
+from ..onnx_io import load_checked
 from ..preprocess import Recipe
 from ..rundir import MANIFEST, read_manifest
 from .options import RecipeOverrides
@@ -112,10 +113,7 @@ def already_quantized(model: onnx.ModelProto, manifest: dict[str, Any] | None) -
 def open_source(path: Path) -> SourceModel:
     """Locate and inspect the float model; refuse one that is already quantized."""
     run_dir, onnx_path, manifest = _find_onnx(path)
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as e:  # protobuf raises a zoo of types for a corrupt file
-        raise UserError(f"cannot read {onnx_path} as ONNX ({type(e).__name__}): re-export the model") from None
+    model = load_checked(onnx_path, load_external_data=False)
     reason = already_quantized(model, manifest)
     if reason:
         raise UserError(f"{onnx_path} is already quantized ({reason}): quantize the float model it came from")

@@ -1,0 +1,366 @@
+"""The README's "Bad input and exit codes" table as a battery: each bad input gets its documented exit code,
+exactly one ``error:`` line naming the problem and the fix, no traceback, and no partial artifact (no output
+directory, no hidden ``.tmp-`` staging directory). Images that only look unusual (grayscale, RGBA, 16-bit,
+CMYK, mixed sizes) must work.
+
+Everything runs in-process through ``cli.main`` on a tiny model exported once per module, so the battery
+takes seconds; the interruption tests (``test_interrupt.py``) need real processes and signals.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from PIL import Image
+
+from vmlp_deploy import cli
+from vmlp_deploy.export import ExportOptions, export_model
+from vmlp_deploy.model import load_model
+from vmlp_deploy.models import create_model
+
+MODEL = "s2mlpv2_small"
+
+
+@dataclass(frozen=True)
+class Files:
+    """Inputs shared by every case: a good tiny export and bad things made from it."""
+
+    root: Path
+    run: Path
+
+    @property
+    def onnx(self) -> Path:
+        return self.run / "model.onnx"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.root / name
+
+
+def _png_with_declared_size(path: Path, width: int, height: int) -> None:
+    """A valid PNG header claiming ``width`` x ``height`` with almost no data: the decompression-bomb shape."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def _images(folder: Path, make: Callable[[int], Image.Image], suffix: str = ".png", n: int = 4) -> Path:
+    folder.mkdir()
+    for i in range(n):
+        make(i).save(folder / f"{i}{suffix}")
+    return folder
+
+
+def _rgb(size: tuple[int, int], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+
+
+def _dynamic_hw_model(path: Path) -> None:
+    """Conv -> global pool -> flatten with symbolic H and W: runs, but has no static input size."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], np.ones(108, np.float32).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["y"])],
+        "dynamic_hw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [weight],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
+    root = tmp_path_factory.mktemp("bad_inputs")
+    run = root / "run"
+    export_model(load_model(MODEL, tiny=True), run, ExportOptions())
+    f = Files(root, run)
+    good = f.onnx.read_bytes()
+    (f / "empty.onnx").write_bytes(b"")
+    (f / "garbage.onnx").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (f / "truncated.onnx").write_bytes(good[: len(good) // 2])
+    (f / "notes.txt").write_text("not a model\n")
+    (f / "readme.onnx").write_text("# a text file named .onnx\n")
+    onnx.save(helper.make_model(helper.make_graph([], "empty", [], [])), str(f / "nograph.onnx"))
+    ext = f / "external"
+    ext.mkdir()
+    onnx.save_model(onnx.load(str(f.onnx)), str(ext / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
+    (ext / "model.onnx.data").unlink()
+    _dynamic_hw_model(f / "dynamic_hw.onnx")
+
+    import openvino as ov
+
+    ir = f / "ir"
+    ir.mkdir()
+    ov.save_model(ov.convert_model(str(f.onnx)), str(ir / "model.xml"))
+    no_bin = f / "ir_no_bin"
+    no_bin.mkdir()
+    shutil.copy(ir / "model.xml", no_bin / "model.xml")
+
+    torch.save(create_model("convnext_tiny", tiny=True).state_dict(), f / "convnext.pth")
+    torch.save(create_model(MODEL, tiny=True, num_classes=10).state_dict(), f / "ten_classes.pth")
+    (f / "junk.pth").write_bytes(b"not a checkpoint" * 16)
+    (f / "a_file").write_text("a regular file, not a directory\n")
+
+    def manifest_variant(name: str, text: str) -> None:
+        d = f / name
+        shutil.copytree(run, d)
+        (d / "manifest.json").write_text(text)
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest_variant("manifest_invalid", "{\"model\": ")
+    manifest_variant("manifest_list", "[1, 2, 3]\n")
+    manifest_variant("manifest_no_artifacts", json.dumps({k: v for k, v in manifest.items() if k != "artifacts"}))
+    manifest_variant("manifest_artifacts_str", json.dumps({**manifest, "artifacts": "model.onnx"}))
+    manifest_variant("manifest_onnx_int", json.dumps({**manifest, "artifacts": {"onnx": 5}}))
+    manifest_variant("manifest_missing_model", json.dumps({**manifest, "artifacts": {"onnx": "gone.onnx"}}))
+    manifest_variant("manifest_preprocessing_str", json.dumps({**manifest, "preprocessing": "imagenet"}))
+    manifest_variant("manifest_stages_list", json.dumps({**manifest, "stages": ["export"]}))
+    no_manifest = f / "no_manifest"
+    no_manifest.mkdir()
+    (no_manifest / "notes.txt").write_text("x\n")
+
+    # calibration data
+    (f / "cal_empty").mkdir()
+    broken = f / "cal_broken"
+    broken.mkdir()
+    for i in range(3):
+        (broken / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"broken" * 10)
+        (broken / f"{i}.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 20)
+    non_images = f / "cal_non_images"
+    non_images.mkdir()
+    for name in ("a.txt", "b.csv", "c.json"):
+        (non_images / name).write_text("1,2,3\n")
+    _images(f / "cal_1px", lambda i: Image.new("RGB", (1, 1), (i, i, i)))
+    huge = f / "cal_huge"
+    huge.mkdir()
+    for i in range(3):
+        _png_with_declared_size(huge / f"{i}.png", 60000, 60000)
+    _images(f / "cal_gray", lambda i: Image.fromarray(_rgb((80, 72), i)[..., 0], "L"))
+    _images(f / "cal_rgba", lambda i: Image.fromarray(np.dstack([_rgb((80, 72), i), _rgb((80, 72), i)[..., :1]]),
+                                                      "RGBA"))
+    _images(f / "cal_16bit", lambda i: Image.fromarray(_rgb((80, 72), i)[..., 0].astype(np.uint16) * 257))
+    _images(f / "cal_cmyk", lambda i: Image.fromarray(_rgb((80, 72), i)).convert("CMYK"), ".jpg")
+    _images(f / "cal_mixed", lambda i: Image.fromarray(_rgb((60 + 37 * i, 300 - 50 * i), i)))
+    npy = f / "npy_shape"
+    npy.mkdir()
+    np.save(npy / "x.npy", np.zeros((4, 3, 17, 17), np.float32))
+    npz = f / "npz_shape"
+    npz.mkdir()
+    np.savez(npz / "x.npz", a=np.zeros((4, 1, 56, 56), np.float32))
+    strings = f / "npy_dtype"
+    strings.mkdir()
+    np.save(strings / "x.npy", np.full((4, 3, 56, 56), "a", dtype="<U1"))
+    for name, value in (("npy_nan", np.nan), ("npy_inf", np.inf)):
+        d = f / name
+        d.mkdir()
+        x = np.zeros((4, 3, 56, 56), np.float32)
+        x[1, 0, 3, 3] = value
+        np.save(d / "x.npy", x)
+    return f
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: the command (``{x}`` placeholders filled from ``Files``), exit code, and what the one
+    error line must say (a regex over the problem and the fix)."""
+
+    id: str
+    argv: str
+    code: int
+    says: str
+    output: str = "out"
+
+
+Q = "quantize {run} --backend cpu --num-samples 4 --holdout 2 --layout as-given -o {out}"
+
+CASES = [
+    # names
+    Case("unknown-model", "export --model resnet50 -o {out}", 2, r"resnet50.*(models|did you mean)"),
+    Case("misspelt-model", "export --model s2mlpv2_smal -o {out}", 2, r"s2mlpv2_smal.*s2mlpv2_small"),
+    Case("unknown-family", "models --family transformer", 2, r"no family named 'transformer'.*vmlp-deploy models"),
+    Case("unknown-deploy-model", "deploy --model vit_base --root {out}", 2, r"vit_base"),
+    Case("unknown-profile-model", "profile vit_tiny --backend cpu -o {out}", 2, r"vit_tiny"),
+    Case("unknown-quantize-backend", "quantize {run} --backend tpu -o {out}", 2, r"tpu.*cpu"),
+    Case("unknown-profile-backend", "profile {onnx} --backend tpu -o {out}", 2, r"tpu.*cpu"),
+    Case("unknown-deploy-backend", "deploy --model s2mlpv2_small --tiny --backend gpu --root {out}", 2, r"gpu.*cpu"),
+    Case("unknown-target-cpu", "quantize {run} --backend cpu --target-cpu pentium -o {out}", 2, r"pentium"),
+    # files given to optimize
+    Case("optimize-0-byte", "optimize {empty.onnx} -o {out}", 2, r"empty.onnx.*(empty|0 bytes).*re-export"),
+    Case("optimize-garbage", "optimize {garbage.onnx} -o {out}", 2, r"garbage.onnx.*not .*ONNX"),
+    Case("optimize-truncated", "optimize {truncated.onnx} -o {out}", 2, r"truncated.onnx.*ONNX"),
+    Case("optimize-text-as-onnx", "optimize {readme.onnx} -o {out}", 2, r"readme.onnx.*ONNX"),
+    Case("optimize-no-graph", "optimize {nograph.onnx} -o {out}", 2, r"nograph.onnx.*(no nodes|no inputs|empty)"),
+    Case("optimize-non-onnx", "optimize {notes.txt} -o {out}", 2, r"notes.txt.*not an .onnx"),
+    Case("optimize-ir", "optimize {ir/model.xml} -o {out}", 2, r"model.xml.*(not an .onnx|OpenVINO IR)"),
+    Case("optimize-missing-file", "optimize {nothere.onnx} -o {out}", 2, r"nothere.onnx does not exist"),
+    Case("optimize-external-data-missing", "optimize {external/model.onnx} -o {out}", 2,
+         r"model.onnx.data.*(missing|not found)"),
+    # files given to quantize
+    Case("quantize-0-byte", "quantize {empty.onnx} --backend cpu -o {out}", 2, r"empty.onnx.*(empty|0 bytes)"),
+    Case("quantize-garbage", "quantize {garbage.onnx} --backend cpu -o {out}", 2, r"garbage.onnx.*ONNX"),
+    Case("quantize-truncated", "quantize {truncated.onnx} --backend cpu -o {out}", 2, r"truncated.onnx.*ONNX"),
+    Case("quantize-ir", "quantize {ir/model.xml} --backend cpu -o {out}", 2, r"model.xml.*ONNX"),
+    Case("quantize-ir-dir", "quantize {ir} --backend cpu -o {out}", 2, r"OpenVINO IR but no ONNX"),
+    Case("quantize-external-data-missing", "quantize {external/model.onnx} --backend cpu -o {out}", 2,
+         r"model.onnx.data.*(missing|not found)"),
+    Case("quantize-dynamic-hw", "quantize {dynamic_hw.onnx} --backend cpu --mean .5 .5 .5 --std .5 .5 .5 -o {out}",
+         2, r"dynamic input size.*--input-size"),
+    # files given to profile
+    Case("profile-0-byte", "profile {empty.onnx} --backend cpu -o {out}", 2, r"empty.onnx.*(empty|0 bytes)"),
+    Case("profile-garbage", "profile {garbage.onnx} --backend openvino -o {out}", 2, r"garbage.onnx.*ONNX"),
+    Case("profile-truncated", "profile {truncated.onnx} --backend cpu -o {out}", 2, r"truncated.onnx.*ONNX"),
+    Case("profile-xml-without-bin", "profile {ir_no_bin/model.xml} --backend openvino -o {out}", 2,
+         r"model.bin.*copy both"),
+    Case("profile-ir-on-onnxruntime", "profile {ir/model.xml} --backend cpu -o {out}", 2, r"xml.*openvino"),
+    Case("profile-non-model", "profile {notes.txt} --backend cpu -o {out}", 2, r"notes.txt"),
+    Case("profile-external-data-missing", "profile {external/model.onnx} --backend cpu -o {out}", 2,
+         r"model.onnx.data.*(missing|not found)"),
+    Case("profile-dynamic-hw", "profile {dynamic_hw.onnx} --backend cpu -o {out}", 2, r"dynamic.*--input-shape"),
+    # checkpoints
+    Case("checkpoint-other-model", "export --model s2mlpv2_small --tiny --checkpoint {convnext.pth} -o {out}", 2,
+         r"does not fit s2mlpv2_small.*check --model"),
+    Case("checkpoint-junk", "export --model s2mlpv2_small --tiny --checkpoint {junk.pth} -o {out}", 2,
+         r"cannot read checkpoint.*state_dict"),
+    Case("checkpoint-missing", "export --model s2mlpv2_small --tiny --checkpoint {nothere.pth} -o {out}", 2,
+         r"nothere.pth"),
+    # calibration data
+    Case("calibration-empty-dir", Q + " --calibration-data {cal_empty}", 2, r"no images.*cal_empty"),
+    Case("calibration-broken-images", Q + " --calibration-data {cal_broken}", 2, r"none of the 6 files.*corrupt"),
+    Case("calibration-non-images", Q + " --calibration-data {cal_non_images}", 2, r"no images.*cal_non_images"),
+    Case("calibration-1-pixel", Q + " --calibration-data {cal_1px}", 2, r"smaller than.*--allow-upscale"),
+    Case("calibration-huge-declared", Q + " --calibration-data {cal_huge}", 2, r"(too large|decompression)"),
+    Case("calibration-missing-dir", Q + " --calibration-data {nothere}", 2, r"nothere does not exist"),
+    Case("npy-wrong-shape", Q + " --calibration-data {npy_shape}", 2, r"shape \(4, 3, 17, 17\).*model takes"),
+    Case("npz-wrong-channels", Q + " --calibration-data {npz_shape}", 2, r"shape \(4, 1, 56, 56\).*model takes"),
+    Case("npy-wrong-dtype", Q + " --calibration-data {npy_dtype}", 2, r"dtype.*<U1.*float"),
+    Case("npy-nan", Q + " --calibration-data {npy_nan}", 2, r"NaN or infinite"),
+    Case("npy-inf", Q + " --calibration-data {npy_inf}", 2, r"NaN or infinite"),
+    # outputs
+    Case("export-output-under-file", "export --model s2mlpv2_small --tiny -o {a_file}/sub", 2,
+         r"a_file.*not a directory", output="a_file/sub"),
+    Case("optimize-output-under-file", "optimize {onnx} -o {a_file}/sub", 2, r"a_file.*not a directory",
+         output="a_file/sub"),
+    Case("quantize-output-under-file", "quantize {run} --backend cpu -o {a_file}/sub", 2, r"a_file.*not a directory",
+         output="a_file/sub"),
+    Case("profile-output-under-file", "profile {onnx} --backend cpu -n 2 --no-peak -o {a_file}/sub", 2,
+         r"a_file.*not a directory", output="a_file/sub"),
+    Case("output-is-a-file", "optimize {onnx} -o {a_file}", 2, r"a_file exists and is not a directory",
+         output="-"),
+    # manifests
+    Case("manifest-missing", "optimize {no_manifest} -o {out}", 2, r"no manifest.json"),
+    Case("manifest-invalid-json", "quantize {manifest_invalid} --backend cpu -o {out}", 2, r"not valid JSON"),
+    Case("manifest-a-list", "optimize {manifest_list} -o {out}", 2, r"manifest.json.*(object|hand-edited)"),
+    Case("manifest-no-artifacts", "optimize {manifest_no_artifacts} -o {out}", 2, r"artifacts"),
+    Case("manifest-artifacts-string", "quantize {manifest_artifacts_str} --backend cpu -o {out}", 2, r"artifacts"),
+    Case("manifest-onnx-int", "profile {manifest_onnx_int} --backend cpu -o {out}", 2, r"artifacts"),
+    Case("manifest-names-missing-model", "optimize {manifest_missing_model} -o {out}", 2, r"gone.onnx"),
+    Case("manifest-preprocessing-string", "quantize {manifest_preprocessing_str} --backend cpu -o {out}", 2,
+         r"preprocessing"),
+    Case("manifest-stages-list", "quantize {manifest_stages_list} --backend cpu -o {out}", 2, r"stages"),
+    # backends
+    Case("backend-unavailable", "profile {onnx} --backend tensorrt -o {out}", 5, r"TensorRT.*pip install"),
+]
+
+WORKS = [
+    Case("calibration-grayscale", Q + " --calibration-data {cal_gray}", 0, ""),
+    Case("calibration-rgba", Q + " --calibration-data {cal_rgba}", 0, ""),
+    Case("calibration-16-bit", Q + " --calibration-data {cal_16bit}", 0, ""),
+    Case("calibration-cmyk", Q + " --calibration-data {cal_cmyk}", 0, ""),
+    Case("calibration-mixed-sizes", Q + " --calibration-data {cal_mixed}", 0, ""),
+    Case("checkpoint-other-class-count", "export --model s2mlpv2_small --tiny --checkpoint {ten_classes.pth} "
+         "-o {out}", 0, ""),
+]
+
+
+def _argv(case: Case, f: Files, work: Path) -> list[str]:
+    def fill(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key == "run":
+            return str(f.run)
+        if key == "onnx":
+            return str(f.onnx)
+        if key == "out":
+            return str(work / "out")
+        return str(f / key)
+
+    return [re.sub(r"\{([^}]+)\}", fill, word) for word in case.argv.split()]
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse: usage errors
+        code = int(e.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _leftovers(*roots: Path) -> list[Path]:
+    return [p for root in roots if root.exists() for p in root.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
+
+
+@pytest.fixture
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working folder (and zoo cache) per case, so leftovers are this case's own."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VMLP_DEPLOY_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, files: Files, work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(_argv(case, files, work), capsys)
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == case.code, (code, out[-2000:], err[-2000:])
+    assert "Traceback" not in out + err, err
+    assert len(errors) == 1, err
+    assert re.search(case.says, errors[0]), errors[0]
+    if case.output != "-":
+        assert not (work / case.output).exists() and not (files.root / case.output).exists()
+    assert not _leftovers(work, files.root), _leftovers(work, files.root)
+
+
+@pytest.mark.parametrize("case", WORKS, ids=[c.id for c in WORKS])
+def test_unusual_but_valid_input(case: Case, files: Files, work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(_argv(case, files, work), capsys)
+    assert code == 0, (out[-2000:], err[-2000:])
+    assert "error:" not in err and (work / "out" / "manifest.json").is_file()
+    assert not _leftovers(work)
+
+
+def test_internal_error_says_where_to_report(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A bug (not bad input) exits 1 with where to report it and the run's facts; --debug shows the traceback."""
+    def broken(family: str | None) -> list[dict[str, object]]:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr("vmlp_deploy.zoo_table.zoo_rows", broken)
+    code, _, err = _run(["models"], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert "internal error: ZeroDivisionError: division by zero" in err
+    assert "report it" in err and "command: vmlp-deploy models" in err and "Python" in err
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["--debug", "models"])
+
+
+def test_usage_error_exit_code() -> None:
+    """argparse's usage errors keep exit code 2, from the real entry point."""
+    proc = subprocess.run(["vmlp-deploy", "export", "--opset"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "error:" in proc.stderr
