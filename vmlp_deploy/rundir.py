@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,13 +59,26 @@ def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        backup = parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(backup)
-        tmp.rename(out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        tmp.rename(out)
+    with _signals_held():
+        if out.exists():
+            backup = parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(backup)
+            tmp.rename(out)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            tmp.rename(out)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while a finished run replaces the old one: an interrupt between the two renames
+    would leave neither in place. A signal that arrived meanwhile is delivered right after."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def write_json(path: Path, data: Any) -> None:
