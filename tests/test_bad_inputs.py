@@ -15,7 +15,7 @@ import shutil
 import struct
 import subprocess
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -364,3 +364,29 @@ def test_usage_error_exit_code() -> None:
     """argparse's usage errors keep exit code 2, from the real entry point."""
     proc = subprocess.run(["vmlp-deploy", "export", "--opset"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "error:" in proc.stderr
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a full disk for a model of ~100 KB. Skips where mounting is not allowed."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}): the disk-full case needs one")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["disk-full", "read-only-fs"])
+def test_unwritable_file_system(read_only: bool, files: Files, small_tmpfs: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A full disk mid-write or a read-only file system: exit 2, one error line, nothing left on the device."""
+    if read_only:
+        subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    code, out, err = _run(["optimize", str(files.onnx), "-o", str(small_tmpfs / "out")], capsys)
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and "Traceback" not in out + err and len(errors) == 1, (out[-2000:], err[-2000:])
+    assert re.search(r"(No space left|Read-only file system|cannot write).*(free space|choose)", errors[0]), errors[0]
+    assert list(small_tmpfs.iterdir()) == []

@@ -7,6 +7,7 @@ so a failed export (or a failed validation gate) never leaves a half-written mod
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -22,6 +23,8 @@ from typing import Any
 from .errors import UserError
 
 MANIFEST = "manifest.json"
+#: Errors writing a run that are the machine's, not a bug: a full disk or quota, a read-only file system.
+_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
@@ -56,6 +59,12 @@ def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
         raise UserError(f"cannot create output directory {out}: {e.strerror}") from None
     try:
         yield tmp
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno not in _WRITE_ERRORS:
+            raise
+        raise UserError(f"cannot write {out}: {os.strerror(e.errno)}: free space or choose another -o "
+                        "(nothing was written)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
