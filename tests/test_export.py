@@ -191,7 +191,7 @@ def test_unwritable_output_is_refused(cli, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     code, _, err = cli("export", "--model", "convnext_tiny", "--tiny", "-o", blocker / "run")
-    assert code == 2 and "cannot create output directory" in err
+    assert code == 2 and "a-file is a file, not a directory" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
