@@ -123,10 +123,11 @@ def _candidate_files(root: Path) -> list[Path]:
 
 def _tensor_samples(path: Path, shape: tuple[int, ...] | None) -> list[np.ndarray]:
     """Samples in one .npy/.npz file: (C, H, W) is one sample, (N, C, H, W) is N. Raises ValueError if unreadable."""
-    if path.suffix.lower() == ".npy":
-        arrays = [np.load(path, allow_pickle=False)]
+    loaded = np.load(path, allow_pickle=False)  # by content, not by name: a .npz may hold one .npy and back
+    if isinstance(loaded, np.ndarray):
+        arrays = [loaded]
     else:
-        with np.load(path, allow_pickle=False) as z:
+        with loaded as z:
             arrays = [z[k] for k in z.files]
     out: list[np.ndarray] = []
     for a in arrays:

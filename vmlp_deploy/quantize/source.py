@@ -149,6 +149,9 @@ def _read_recipe_file(path: Path) -> dict[str, Any]:
             raise UserError(f"recipe file {path} must be .json or .toml")
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise UserError(f"cannot parse recipe file {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"recipe file {path} must hold a table of keys (input_size, mean, std, ...), "
+                        f"not a {type(data).__name__}")
     if "preprocessing" in data and isinstance(data["preprocessing"], dict):
         data = data["preprocessing"]
     known = {"input_size", "mean", "std", "resize", "crop_pct", "interpolation"}
@@ -159,14 +162,22 @@ def _read_recipe_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _triple(value: Any, what: str) -> tuple[float, float, float]:
-    try:
-        t = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise UserError(f"{what} must be three numbers (R, G, B), got {value!r}") from None
-    if len(t) != 3:
-        raise UserError(f"{what} must be three numbers (R, G, B), got {value!r}")
-    return t  # type: ignore[return-value]
+    if not isinstance(value, list | tuple) or len(value) != 3 or not all(_number(v) for v in value):
+        raise UserError(f"{what} must be three finite numbers (R, G, B), got {value!r}")
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
+def _size(value: Any) -> tuple[int, int]:
+    """An input size: one integer (square) or two, positive, as H W."""
+    items = [value] * 2 if not isinstance(value, list | tuple) else list(value)
+    if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 65536 for v in items):
+        raise UserError(f"input size must be two positive integers H W, got {value!r}")
+    return int(items[0]), int(items[1])
 
 
 def _crop_pct(input_size: tuple[int, int], resize: int) -> float:
@@ -211,22 +222,27 @@ def resolve_recipe(source: SourceModel, overrides: RecipeOverrides) -> tuple[Rec
         return None, "none"
     if "input_size" not in fields:
         raise UserError(f"{source.onnx_path} has a dynamic input size: pass --input-size H W")
-    size = fields["input_size"]
-    size = (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size)
-    if len(size) != 2 or min(size) < 1:
-        raise UserError(f"input size must be two positive integers H W, got {fields['input_size']!r}")
+    size = _size(fields["input_size"])
     if static is not None and tuple(static[1:]) != size:
         raise UserError(f"the recipe's input size {size[0]}x{size[1]} does not match the model's input "
                         f"{static[1]}x{static[2]}: drop --input-size or fix the recipe")
     resize = fields.pop("resize", None)
     if resize is not None:
-        fields["crop_pct"] = _crop_pct(size, int(resize))
+        if not (isinstance(resize, int) and not isinstance(resize, bool) and 0 < resize <= 65536):
+            raise UserError(f"resize must be a positive integer (the shorter side before the crop), got {resize!r}")
+        fields["crop_pct"] = _crop_pct(size, resize)
+    crop_pct = fields.get("crop_pct", 0.875)
+    if not _number(crop_pct):
+        raise UserError(f"crop_pct must be a number in (0, 1], got {crop_pct!r}")
+    interpolation = fields.get("interpolation", "bicubic")
+    if not isinstance(interpolation, str):
+        raise UserError(f"interpolation must be a name (nearest, bilinear, bicubic, lanczos), got {interpolation!r}")
     recipe = Recipe(
-        input_size=size,  # type: ignore[arg-type]
+        input_size=size,
         mean=_triple(fields["mean"], "mean"),
         std=_triple(fields["std"], "std"),
-        crop_pct=float(fields.get("crop_pct", 0.875)),
-        interpolation=str(fields.get("interpolation", "bicubic")),
+        crop_pct=float(crop_pct),
+        interpolation=interpolation,
     )
     if any(s <= 0 for s in recipe.std):
         raise UserError(f"std must be positive, got {recipe.std}")
