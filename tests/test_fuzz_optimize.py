@@ -1,6 +1,6 @@
 """Fuzz ``vmlp-deploy optimize`` with random small graphs from outside (hypothesis, bounded budget).
 
-Graphs are chains of Slice/Concat/Pad/Transpose/Reshape/Conv/MatMul and rolls (the Slice+Concat idiom the
+Graphs are chains of Slice/Concat/Pad/Transpose/Reshape/Gather/ScatterND/Conv/MatMul, rolls (the Slice+Concat idiom the
 passes rewrite) on a static NCHW tensor, at opsets 13-21. Properties: the command ends in success or a clean
 ``error:`` (exit 2), never a traceback or an internal error; whenever it succeeds, ONNX Runtime computes the
 same outputs from the optimized model as from the original.
@@ -88,13 +88,30 @@ def _apply(b: _Builder, op: str, data: st.DataObject) -> None:
         k = data.draw(st.sampled_from([1, 3]))
         w = b.rng.standard_normal((c_out, b.shape[1], k, k)).astype(np.float32)
         b.add("Conv", [b.cur, b.const(w)], [b.shape[0], c_out, b.shape[2], b.shape[3]], pads=[k // 2] * 4)
+    elif op == "gather":
+        axis = data.draw(st.integers(1, rank - 1))
+        perm = np.array(data.draw(st.permutations(list(range(b.shape[axis])))), np.int64)
+        b.add("Gather", [b.cur, b.const(perm)], list(b.shape), axis=axis)
+    elif op == "scatter_shift" and rank == 4 and b.shape[2] > 1:
+        # The S2-MLP shift as exported naively: out = x; out[:, c0:c1, 1:, :] = x[:, c0:c1, :-1, :] (ScatterND)
+        n, c, h, w = b.shape
+        c0 = data.draw(st.integers(0, c - 1))
+        c1 = data.draw(st.integers(c0 + 1, c))
+        idx = np.array([[i, ci, hi] for i in range(n) for ci in range(c0, c1) for hi in range(1, h)], np.int64)
+        src = b.cur
+        moved = b._name("moved")
+        b.nodes.append(helper.make_node("Slice", [src, b.const(np.array([c0, 0])), b.const(np.array([c1, h - 1])),
+                                                  b.const(np.array([1, 2]))], [moved]))
+        flat = b._name("flat")
+        b.nodes.append(helper.make_node("Reshape", [moved, b.const(np.array([len(idx), w], np.int64))], [flat]))
+        b.add("ScatterND", [src, b.const(idx), flat], list(b.shape))
     elif op == "matmul":
         n = data.draw(st.integers(1, 6))
         w = b.rng.standard_normal((b.shape[-1], n)).astype(np.float32)
         b.add("MatMul", [b.cur, b.const(w)], [*b.shape[:-1], n])
 
 
-OPS = ["roll", "slice_concat", "pad", "transpose", "reshape", "conv", "matmul"]
+OPS = ["roll", "slice_concat", "pad", "transpose", "reshape", "conv", "matmul", "gather", "scatter_shift"]
 
 
 @st.composite
