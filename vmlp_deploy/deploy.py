@@ -8,7 +8,6 @@ said so, so re-running ``deploy`` only measures again; ``--overwrite`` rebuilds 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,9 +19,9 @@ from .profile.run import ProfileOptions, ProfileResult, default_output_dir, prof
 from .progress import Progress, Quiet
 from .quantize import QuantizeOptions, quantize_run
 from .quantize.stage import default_output
-from .rundir import MANIFEST, sha256_file
-from .runs import RunInfo, list_runs
-from .summary import SpeedupRow, markdown, speedup_rows, write_markdown
+from .rundir import sha256_file, write_text
+from .runs import RunInfo, read_run
+from .summary import SpeedupRow, markdown, speedup_rows
 
 
 @dataclass(frozen=True)
@@ -53,18 +52,15 @@ class DeployResult:
 
 
 def _same_export(run_dir: Path, name: str, tiny: bool, checkpoint: Path | None) -> bool:
-    try:
-        manifest = json.loads((run_dir / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
+    run = read_run(run_dir)
+    if run is None or run.stage != "export" or set(run.manifest.get("stages") or {}) != {"export"}:
         return False
-    model = manifest.get("model") or {}
+    model = run.manifest.get("model") or {}
     ckpt = model.get("checkpoint")
     same_weights = (ckpt is None and checkpoint is None and model.get("random_weights")) or (
         ckpt is not None and checkpoint is not None and checkpoint.is_file()
         and ckpt.get("sha256") == sha256_file(checkpoint))
-    stages = manifest.get("stages") or {}
-    return (model.get("name") == name and bool(model.get("tiny")) == tiny and bool(same_weights)
-            and set(stages) == {"export"})
+    return model.get("name") == name and bool(model.get("tiny")) == tiny and bool(same_weights)
 
 
 def _export(opt: DeployOptions, progress: Progress, reused: list[str]) -> Path:
@@ -82,22 +78,23 @@ def _export(opt: DeployOptions, progress: Progress, reused: list[str]) -> Path:
     return result.out_dir
 
 
-def _int8_run(export_dir: Path, backend: str, opt: DeployOptions, progress: Progress, reused: list[str]) -> Path:
+def _int8_run(export_dir: Path, backend: str, opt: DeployOptions, progress: Progress, reused: list[str]) -> RunInfo:
     out = default_output(export_dir, backend)
     model_file = (export_dir / "model.onnx").resolve()
-    if out.is_dir() and not opt.overwrite:
-        runs = [r for r in list_runs(out.parent) if r.path.resolve() == out.resolve() and r.stage == "quantize"]
-        q = runs[0].manifest["stages"]["quantize"] if runs else {}
+    run = None if opt.overwrite else read_run(out)
+    if run is not None and run.stage == "quantize":
+        q = run.manifest["stages"]["quantize"]
         source = q.get("source") or {}
-        if (runs and Path(source.get("onnx", "")).resolve() == model_file
-                and source.get("sha256") == sha256_file(model_file)
+        if (Path(source.get("onnx", "")).resolve() == model_file and source.get("sha256") == sha256_file(model_file)
                 and q.get("settings", {}).get("target_cpu") == opt.quantize.target_cpu):
             reused.append(f"quantize {backend}: reusing {out} (made from this export for --target-cpu "
                           f"{opt.quantize.target_cpu}; --overwrite redoes it)")
-            return out
+            return run
     quantize_run(export_dir, replace(opt.quantize, backend=backend, output=out, overwrite=opt.overwrite),
                  progress=progress)
-    return out
+    made = read_run(out)
+    assert made is not None, "quantize_run writes a manifest"
+    return made
 
 
 def deploy(opt: DeployOptions, progress: Progress | None = None) -> DeployResult:
@@ -109,14 +106,13 @@ def deploy(opt: DeployOptions, progress: Progress | None = None) -> DeployResult
     reused: list[str] = []
     with progress.step("Stage 1/3: export"):
         export_dir = _export(opt, progress, reused)
-    int8_dirs = {}
+    int8_runs: list[RunInfo] = []
     for backend in opt.backends:
         with progress.step(f"Stage 2/3: INT8 for {backend}"):
-            int8_dirs[backend] = _int8_run(export_dir, backend, opt, progress, reused)
+            int8_runs.append(_int8_run(export_dir, backend, opt, progress, reused))
+    int8_dirs = {r.backend: r.path for r in int8_runs}
     for line in reused:
         progress.note(line)
-    runs = {r.path.resolve(): r for r in list_runs(opt.root)}
-    int8_runs: list[RunInfo] = [runs[d.resolve()] for d in int8_dirs.values()]
     profile_backends = tuple(b for b in opt.backends if b != "tensorrt") or opt.backends
     profile_opt = replace(opt.profile, backends=profile_backends, target_cpu=opt.quantize.target_cpu)
     with progress.step("Stage 3/3: profile FP32 and INT8 side by side"):
@@ -126,6 +122,5 @@ def deploy(opt: DeployOptions, progress: Progress | None = None) -> DeployResult
     files = {"export": str(export_dir), **{f"INT8 {b}": str(d) for b, d in int8_dirs.items()},
              "profile": str(result.out_dir)}
     summary = result.out_dir / "summary.md"
-    name = json.loads((export_dir / MANIFEST).read_text())["model"]["name"]
-    write_markdown(summary, markdown(rows, f"Deployment summary: {name}", files, [*reused, *result.warnings]))
+    write_text(summary, markdown(rows, f"Deployment summary: {int8_runs[0].model}", files, [*reused, *result.warnings]))
     return DeployResult(export_dir, int8_dirs, result, rows, reused, summary)

@@ -8,7 +8,6 @@ measured (top-1 agreement, logits SQNR, and the real top-1 change when ``--eval-
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -97,10 +96,3 @@ def markdown(rows: list[SpeedupRow], title: str, files: dict[str, str], notes: l
     lines += [f"- {n}" for n in notes]
     lines += ["", "## Files", ""] + [f"- {k}: `{v}`" for k, v in files.items()] + [""]
     return "\n".join(lines)
-
-
-def write_markdown(path: Path, text: str) -> None:
-    """Written beside a finished run atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

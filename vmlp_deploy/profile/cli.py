@@ -15,8 +15,9 @@ from rich.text import Text
 
 from ..cpu import TARGET_NAMES, targets_help
 from ..errors import UserError
+from ..rundir import write_text
 from ..runs import int8_runs_of, latest_float_run
-from ..summary import markdown, print_rows, speedup_rows, write_markdown
+from ..summary import markdown, print_rows, speedup_rows
 from ..targets import TARGETS
 
 T = TypeVar("T")
@@ -165,7 +166,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     if float_run is not None and int8_runs:
         rows = speedup_rows(result.records, float_run.path.name, int8_runs)
         print_rows(console, rows, f"{float_run.path.name}: FP32 vs INT8 (batch 1, median latency)")
-        write_markdown(out / "summary.md", markdown(rows, f"FP32 vs INT8: {float_run.model}",
+        write_text(out / "summary.md", markdown(rows, f"FP32 vs INT8: {float_run.model}",
                                                     {"profile": str(out)}, []))
     for c in result.cpu["ceilings"]:
         console.print(Text(f"ceiling {c['precision']} ({result.cpu['ceiling_isa']}): {c['derivation']}", style="dim"),
