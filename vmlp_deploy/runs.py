@@ -95,20 +95,22 @@ def _profile_figure(path: Path) -> str:
     return "; ".join(parts) + ("; ..." if len(records) > 3 else "")
 
 
+def read_run(path: Path) -> RunInfo | None:
+    """One run directory, or None when it has no readable manifest (a staging dir, a foreign folder)."""
+    if path.name.startswith(".") or not (path / MANIFEST).is_file():
+        return None
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return _info(path, manifest) if isinstance(manifest, dict) else None
+
+
 def list_runs(root: Path = DEFAULT_ROOT) -> list[RunInfo]:
     """Run directories directly under ``root`` with a readable manifest, oldest first (staging dirs skipped)."""
     if not root.is_dir():
         return []
-    runs = []
-    for path in sorted(root.iterdir()):
-        if path.name.startswith(".") or not (path / MANIFEST).is_file():
-            continue
-        try:
-            manifest = json.loads((path / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(manifest, dict):
-            runs.append(_info(path, manifest))
+    runs = [r for r in map(read_run, sorted(root.iterdir())) if r is not None]
     return sorted(runs, key=lambda r: r.created.timestamp())
 
 
