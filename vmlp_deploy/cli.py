@@ -38,6 +38,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random weights and validation inputs (default 0)")
 
 
+def _variant_name(name: str) -> str:
+    """The zoo variant ``name`` means; a family name is resolved to its default variant, said in one line."""
+    variant = get_variant(name).name
+    if variant != name:
+        console.print(f"{name} -> {variant} (the family's default variant; `vmlp-deploy models` lists all)")
+    return variant
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from .zoo_table import zoo_rows
 
@@ -89,10 +97,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.dynamic_batch and args.batch != 1:
         raise UserError("--batch and --dynamic-batch exclude each other: pass one of them")
     if args.model is not None:
-        name = get_variant(args.model).name
-        if name != args.model:
-            console.print(f"{args.model} -> {name} (the family's default variant; `vmlp-deploy models` lists all)")
-        args.model = name
+        args.model = _variant_name(args.model)
     out = args.output or Path("out") / (args.model or args.checkpoint.stem)
     options = ExportOptions(
         opset=args.opset, exporter=args.exporter, batch=args.batch, dynamic_batch=args.dynamic_batch,
@@ -144,9 +149,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         raise UserError("nothing to deploy: pass --model NAME (e.g. s2mlpv2; `vmlp-deploy models` lists them) "
                         "or --checkpoint PATH")
     if args.model is not None:
-        name = get_variant(args.model).name
-        if name != args.model:
-            console.print(f"{args.model} -> {name} (the family's default variant)")
+        args.model = _variant_name(args.model)
     opt = DeployOptions(
         model=args.model, checkpoint=args.checkpoint, tiny=args.tiny,
         backends=args.backend or default_backends(), root=args.root, overwrite=args.overwrite,
