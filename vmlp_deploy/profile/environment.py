@@ -31,14 +31,13 @@ def _version(dist: str) -> str | None:
 
 def capture() -> dict[str, Any]:
     host = cpu.host()
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     versions = {name: v for name in LIBRARIES if (v := _version(name)) is not None}
     versions["vmlp_deploy"] = __version__
     return {
         "cpu_model": host.model,
         "cpu_flags": sorted(host.isa.features),
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": affinity,
+        "usable_cpus": host.cores,
         "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "cpu_max_mhz": host.max_mhz,
         "cpu_nominal_mhz": host.nominal_mhz,

@@ -177,7 +177,7 @@ def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[lis
     if opt.device.upper() != "CPU" and "openvino" not in usable:
         raise UserError(f"--device {opt.device} selects the OpenVINO device: add --backend openvino or drop --device")
     precisions = list(dict.fromkeys(canonical_precision(p) or "f32" for p in opt.precisions))
-    threads = opt.threads or _usable_cpus()
+    threads = opt.threads or cpu.host().cores
     isa = cpu.host().isa
     configs: list[Config] = []
     seen: set[str] = set()
@@ -232,10 +232,6 @@ def _device(backend: str, device: str) -> str:
     return device if backend == "openvino" else ("CPU" if backend == "cpu" else "GPU")
 
 
-def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _busy_machine(env: dict[str, Any]) -> str | None:
     """Record the load average after measuring; warn when other processes were competing for the CPUs
     (our own threads account for at most one run queue entry per usable CPU)."""
@@ -265,7 +261,7 @@ def _on_cpu(config: Config) -> bool:
 
 
 def _cores(config: Config) -> int:
-    return min(config.options.threads or _usable_cpus(), cpu.host().cores)
+    return min(config.options.threads or cpu.host().cores, cpu.host().cores)
 
 
 def _norm(precision: str) -> str:
