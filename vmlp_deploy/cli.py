@@ -238,11 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_optimize)
 
     from .cpu import TARGET_NAMES
-    from .quantize.cli import _backends
+    from .quantize.cli import backend_list
 
     p = sub.add_parser("deploy", help="the whole job: export, INT8 for each backend, profile FP32 vs INT8, summary")
     _add_model_args(p)
-    p.add_argument("--backend", "-b", type=_backends, metavar="NAMES",
+    p.add_argument("--backend", "-b", type=backend_list, metavar="NAMES",
                    help="comma-separated cpu, openvino, tensorrt (default: every installed runtime: cpu, openvino)")
     p.add_argument("--target-cpu", choices=TARGET_NAMES, default="host", metavar="CPU",
                    help="the CPU the model will run on (default host; see `vmlp-deploy quantize --help`)")

@@ -27,7 +27,8 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
-def _backends(text: str) -> tuple[str, ...]:
+def backend_list(text: str) -> tuple[str, ...]:
+    """``--backend cpu,openvino``: the INT8 backends named, in order, each once (quantize and deploy)."""
     names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
     unknown = [n for n in names if n not in BACKEND_NAMES]
     if unknown or not names:
@@ -54,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", nargs="?",
                    help="run directory from `vmlp-deploy export`, or an .onnx (default: the most recent export "
                         "under out/)")
-    p.add_argument("--backend", "-b", type=_backends, metavar="NAMES",
+    p.add_argument("--backend", "-b", type=backend_list, metavar="NAMES",
                    help="cpu: ONNX Runtime QDQ; openvino: NNCF -> OpenVINO IR; tensorrt: explicit Q/DQ ONNX; "
                         "comma-separated for several (default: every backend whose runtime is installed: "
                         "cpu, openvino)")
