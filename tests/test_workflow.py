@@ -43,6 +43,10 @@ def test_empty_folder_says_what_to_run_first(workdir: Path, cli: Cli) -> None:
     assert code == 2 and "vmlp-deploy export --model s2mlpv2" in err and "Traceback" not in err
     code, out, _ = cli("runs")
     assert code == 0 and "vmlp-deploy export --model s2mlpv2" in out
+    (workdir / "empty.onnx").write_bytes(b"")
+    code, _, err = cli("optimize", "empty.onnx")
+    assert code == 2 and "empty" in err
+    assert sorted(p.name for p in workdir.iterdir()) == ["empty.onnx"], "a failed first run leaves no empty out/"
 
 
 def test_export_quantize_runs_in_a_fresh_folder(workdir: Path, cli: Cli) -> None:

@@ -46,9 +46,11 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
 
 @contextmanager
 def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temp directory next to ``out``; on success replace ``out`` with it, on failure delete it."""
+    """Yield a temp directory next to ``out``; on success replace ``out`` with it, on failure delete it, and the
+    parent folders it had to create (a failed first run in an empty folder leaves no empty ``out/``)."""
     check_output_dir(out, overwrite)
     parent = out.resolve().parent
+    created = [p for p in (parent, *parent.parents) if not p.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
@@ -60,13 +62,13 @@ def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
     try:
         yield tmp
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(tmp, created)
         if e.errno not in _WRITE_ERRORS:
             raise
         raise UserError(f"cannot write {out}: {os.strerror(e.errno)}: free space or choose another -o "
                         "(nothing was written)") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(tmp, created)
         raise
     with _signals_held():
         if out.exists():
@@ -76,6 +78,16 @@ def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
             shutil.rmtree(backup, ignore_errors=True)
         else:
             tmp.rename(out)
+
+
+def _discard(tmp: Path, created: list[Path]) -> None:
+    """Delete a failed run's staging directory and the parents made for it, innermost first, if still empty."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 @contextmanager
