@@ -75,7 +75,7 @@ class OpenVinoQuantizer:
                  architecture: Path | None = None) -> None:
         """``architecture``: the graph whose ops decide ``--model-type auto`` when ``source`` is a re-laid-out
         copy (the channels-first graph has no LayerNormalization node, yet is the same MetaFormer: NNCF's
-        TRANSFORMER type measured 19.4 vs 16.9 dB logits SQNR and 19.0 vs 19.8 ms on s2mlpv2_small there)."""
+        TRANSFORMER type measured 19.4 vs 16.9 dB logits SQNR on s2mlpv2_small there, BENCHMARKS.md)."""
         self.source = source
         self.options = options
         self.scheme = scheme
