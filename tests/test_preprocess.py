@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vmlp_deploy.calibration import embedded_batch, embedded_images
+from vmlp_deploy.embedded_images import embedded_batch, embedded_images
 from vmlp_deploy.errors import UserError
 from vmlp_deploy.preprocess import Recipe, to_rgb, transform
 

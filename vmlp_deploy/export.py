@@ -26,7 +26,7 @@ import onnx
 import torch
 
 from . import __version__
-from .calibration import embedded_batch
+from .embedded_images import embedded_batch
 from .errors import UserError, ValidationError
 from .model import LoadedModel
 from .onnx_io import cpu_session, op_histogram, save

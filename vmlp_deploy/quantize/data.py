@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..calibration import embedded_images
+from ..embedded_images import embedded_images
 from ..errors import UserError
 from ..preprocess import IMAGE_SUFFIXES, Recipe, load_image, transform
 from ..progress import Progress
