@@ -1,4 +1,5 @@
-"""Step-by-step progress for long stages: a spinner per step, then a check line with its duration."""
+"""Step-by-step progress for long stages: a spinner per step, then a check line with its duration; and the one
+step helper that times a stage's named steps for its manifest."""
 
 from __future__ import annotations
 
@@ -47,3 +48,24 @@ class Steps:
 
     def note(self, text: str) -> None:
         self.console.print(f"  {text}", soft_wrap=True)
+
+
+class TimedSteps:
+    """A stage's steps shown through ``progress`` and timed under their names: the manifest's ``timings_s`` are
+    ``seconds``, so a stage never times itself. One per stage run (a Progress may serve several stages)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, title: str, name: str | None = None) -> Iterator[None]:
+        """Show ``title``; when the step succeeds and has a ``name``, keep its seconds (3 decimals) under it."""
+        with self.progress.step(title):
+            start = time.perf_counter()
+            yield
+            if name is not None:
+                self.seconds[name] = round(time.perf_counter() - start, 3)
+
+    def note(self, text: str) -> None:
+        self.progress.note(text)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .records import Artifacts, ManifestError, RunManifest
 
 MANIFEST = "manifest.json"
 #: Errors writing a run that are the machine's, not a bug: a full disk or quota, a read-only file system.
@@ -122,42 +123,42 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
+def write_manifest(run_dir: Path, manifest: RunManifest) -> None:
+    """The one manifest writer: ``run_dir/manifest.json``, atomically (see :func:`write_text`)."""
+    write_json(run_dir / MANIFEST, manifest.to_json())
+
+
+def load_manifest(run_dir: Path) -> RunManifest:
+    """The manifest of ``run_dir``, checked once here so every stage can read its attributes without a
+    KeyError/TypeError turning into an internal error; a broken one is one clear line."""
     path = run_dir / MANIFEST
     if not path.is_file():
         raise UserError(f"{run_dir} has no {MANIFEST}: pass a directory written by `vmlp-deploy export`")
     try:
-        manifest = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
         raise UserError(f"{path} is not valid JSON ({why}): re-run the export") from None
-    problem = _manifest_problem(manifest)
-    if problem:
-        raise UserError(f"{path} is not a vmlp-deploy manifest ({problem}; hand-edited?): re-run the stage that "
-                        "wrote it, or restore the file")
+    try:
+        manifest = RunManifest.from_json(data)
+    except ManifestError as e:
+        raise UserError(_not_a_manifest(path, str(e))) from None
+    for role in Artifacts.MODEL_FILES:
+        value = getattr(manifest.artifacts, role) if manifest.artifacts else None
+        if value is not None and (not isinstance(value, str) or Path(value).name != value):
+            raise UserError(_not_a_manifest(path, f"artifacts.{role} is {value!r}, not a file name"))
     return manifest
 
 
-#: The manifest keys later stages read, and the JSON types each must have when present.
-_MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
-    "model": (dict,), "artifacts": (dict,), "stages": (dict,), "preprocessing": (dict, type(None)),
-}
-_ARTIFACT_NAMES = ("onnx", "openvino_xml", "external_data")
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """:func:`load_manifest` as the JSON dict, for the readers in ``quantize/`` and ``profile/`` not yet on
+    :class:`RunManifest`."""
+    return load_manifest(run_dir).to_json()
 
 
-def _manifest_problem(manifest: Any) -> str | None:
-    """What makes a parsed manifest unusable (wrong top-level or key types), or None: checked once here so
-    every stage can index it without a KeyError/TypeError turning into an internal error."""
-    if not isinstance(manifest, dict):
-        return f"a JSON {type(manifest).__name__}, not an object"
-    for key, types in _MANIFEST_TYPES.items():
-        if key in manifest and not isinstance(manifest[key], types):
-            return f"{key!r} is a {type(manifest[key]).__name__}, not an object"
-    for name in _ARTIFACT_NAMES:
-        value = manifest.get("artifacts", {}).get(name)
-        if value is not None and (not isinstance(value, str) or Path(value).name != value):
-            return f"artifacts.{name} is {value!r}, not a file name"
-    return None
+def _not_a_manifest(path: Path, problem: str) -> str:
+    return (f"{path} is not a vmlp-deploy manifest ({problem}; hand-edited?): re-run the stage that wrote it, or "
+            "restore the file")
 
 
 def sha256_file(path: Path) -> str:
