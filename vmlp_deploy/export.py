@@ -10,10 +10,8 @@ import contextlib
 import io
 import json
 import os
-import platform
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,8 +30,9 @@ from .model import LoadedModel
 from .onnx_io import cpu_session, op_histogram, save
 from .passes import optimize_model
 from .targets import TARGETS
-from .progress import Progress, Quiet
-from .rundir import MANIFEST, peak_rss_mb, sha256_file, staged_dir, write_json
+from .progress import Progress, Quiet, TimedSteps
+from .records import MANIFEST_FORMAT, Artifacts, ExportStage, ModelInfo, RunManifest, environment
+from .rundir import peak_rss_mb, sha256_file, staged_dir, write_manifest
 from .validate import Tolerance, ValidationReport, compare
 
 INPUT_NAME = "pixel_values"
@@ -77,9 +76,14 @@ class ExportOptions:
 class ExportResult:
     out_dir: Path
     onnx_path: Path
-    manifest: dict[str, Any]
+    record: RunManifest
     validation: ValidationReport
     nodes: dict[str, int]
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as written to ``manifest.json``."""
+        return self.record.to_json()
 
 
 def _torch_export(lm: LoadedModel, path: Path, opt: ExportOptions) -> list[str]:
@@ -145,20 +149,6 @@ def _validation_inputs(lm: LoadedModel, opt: ExportOptions) -> tuple[np.ndarray,
     return np.concatenate([rand, images]).astype(np.float32), n_random, names
 
 
-def environment() -> dict[str, str]:
-    import onnxruntime
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "vmlp_deploy": __version__,
-    }
-
-
 def _metadata(lm: LoadedModel, opt: ExportOptions, passes: list[str], report: ValidationReport) -> dict[str, str]:
     worst = max(report.outputs, key=lambda o: o.max_abs_diff)
     validation = {
@@ -187,6 +177,20 @@ def _metadata(lm: LoadedModel, opt: ExportOptions, passes: list[str], report: Va
     }
 
 
+@dataclass
+class _Graph:
+    """The model as it moves through the export steps, with what each step did to it (for the manifest)."""
+
+    model: onnx.ModelProto
+    nodes: dict[str, int]
+    passes: list[str] = field(default_factory=list)
+    simplifier_log: list[str] = field(default_factory=list)
+    rewrite: dict[str, Any] | None = None
+
+    def count(self, after: str) -> None:
+        self.nodes[after] = len(self.model.graph.node)
+
+
 def export_model(
     lm: LoadedModel,
     out_dir: Path,
@@ -198,117 +202,109 @@ def export_model(
     """Export, simplify, check and validate ``lm`` into ``out_dir`` (model.onnx + manifest.json)."""
     opt = options or ExportOptions()
     opt.check()
-    progress = progress or Quiet()
-    timings: dict[str, float] = {}
-    nodes: dict[str, int] = {}
-    passes: list[str] = []
-    simplify_log: list[str] = []
-
-    def timed(key: str, start: float) -> None:
-        timings[key] = round(time.perf_counter() - start, 3)
-
+    steps = TimedSteps(progress or Quiet())
     with staged_dir(out_dir, overwrite) as tmp:
-        raw_path = tmp / "raw.onnx"
-        with progress.step(f"Exporting {lm.name} with the {opt.exporter} exporter (opset {opt.opset})"):
-            t = time.perf_counter()
-            try:
-                export_warnings = _torch_export(lm, raw_path, opt)
-            except Exception as e:  # the exporters raise many unrelated types; name the failure in one line
-                msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-                raise UserError(f"torch.onnx export failed ({type(e).__name__}: {msg}): try --exporter "
-                                f"{'dynamo' if opt.exporter == 'torchscript' else 'torchscript'}") from None
-            model = onnx.load(str(raw_path))
-            raw_path.unlink()
-            for extra in tmp.iterdir():
-                extra.unlink()
-            nodes["exported"] = len(model.graph.node)
-            timed("export", t)
+        with steps.step(f"Exporting {lm.name} with the {opt.exporter} exporter (opset {opt.opset})", "export"):
+            graph, export_warnings = _export(lm, tmp, opt)
         if opt.simplify:
-            with progress.step("Simplifying with onnxsim"):
-                t = time.perf_counter()
-                model, simplify_log = _simplify(model)
-                passes.append("onnxsim")
-                nodes["simplified"] = len(model.graph.node)
-                timed("simplify", t)
-        rewrite_report: dict[str, Any] | None = None
+            with steps.step("Simplifying with onnxsim", "simplify"):
+                _simplify_step(graph)
         if opt.rewrite:
-            with progress.step("Rewriting token-mixing shifts into Pad + grouped Conv (verified)"):
-                t = time.perf_counter()
-                rewrite = optimize_model(model, seed=opt.seed, target=opt.target)
-                model = rewrite.model
-                rewrite_report = rewrite.to_dict()
-                if rewrite.patterns:
-                    passes.append("shift-to-conv")
-                if rewrite.channels_first is not None and rewrite.channels_first.total:
-                    passes.append("channels-first")
-                nodes["rewritten"] = len(model.graph.node)
-                timed("rewrite", t)
-            for line in rewrite.summary_lines():
-                progress.note(line)
-        with progress.step("Checking the graph (onnx checker, shape inference)"):
-            t = time.perf_counter()
-            model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-            onnx_path = tmp / "model.onnx"
-            external = save(model, onnx_path)
-            onnx.checker.check_model(str(onnx_path), full_check=True)
-            timed("check", t)
-        with progress.step("Validating ONNX Runtime against PyTorch (random inputs + embedded photographs)"):
-            t = time.perf_counter()
-            inputs, n_random, names = _validation_inputs(lm, opt)
-            session = cpu_session(onnx_path)
-            report = compare(lm.module, session, inputs, None if opt.dynamic_batch else opt.batch,
-                             opt.tolerance, n_random, names)
-            timed("validate", t)
+            with steps.step("Rewriting token-mixing shifts into Pad + grouped Conv (verified)", "rewrite"):
+                summary = _rewrite(graph, opt)
+            for line in summary:
+                steps.note(line)
+        with steps.step("Checking the graph (onnx checker, shape inference)", "check"):
+            onnx_path = _check(graph, tmp)
+        with steps.step("Validating ONNX Runtime against PyTorch (random inputs + embedded photographs)", "validate"):
+            report = _validate(lm, onnx_path, opt)
         for line in _report_lines(report):
-            progress.note(line)
+            steps.note(line)
         if not report.passed:
             raise ValidationError(f"validation failed, no model written: {report.failure_line()}")
-        meta = _metadata(lm, opt, passes, report)
-        onnx.helper.set_model_props(model, meta)
-        model.doc_string = f"{lm.name} exported by vmlp-deploy {__version__}"
-        external = save(model, onnx_path)
-        nodes["final"] = len(model.graph.node)
-        manifest = {
-            "format": "vmlp-deploy/1",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv),
-            "model": {
-                "name": lm.name,
-                "family": lm.family,
-                "tiny": lm.cfg.tiny,
-                "input_size": list(lm.input_size),
-                "num_classes": lm.module.get_classifier().out_features,
-                "params": sum(p.numel() for p in lm.module.parameters()),
-                "random_weights": lm.random_weights,
-                "checkpoint": None if lm.checkpoint is None else {
-                    "path": str(lm.checkpoint.resolve()), "sha256": sha256_file(lm.checkpoint)},
-            },
-            "preprocessing": lm.recipe.to_dict(),
-            "artifacts": {"onnx": onnx_path.name, "external_data": external},
-            "stages": {
-                "export": {
-                    "exporter": opt.exporter,
-                    "opset": opt.opset,
-                    "batch": "dynamic" if opt.dynamic_batch else opt.batch,
-                    "seed": opt.seed,
-                    "target": opt.target,
-                    "input_name": INPUT_NAME,
-                    "output_name": OUTPUT_NAME,
-                    "passes": passes,
-                    "nodes": nodes,
-                    "rewrite": rewrite_report,
-                    "op_histogram": op_histogram(model),
-                    "validation": report.to_dict(),
-                    "exporter_warnings": export_warnings,
-                    "simplifier_log": simplify_log[:50],
-                    "timings_s": timings,
-                    "peak_rss_mb": peak_rss_mb(),
-                }
-            },
-            "environment": environment(),
-        }
-        write_json(tmp / MANIFEST, manifest)
-    return ExportResult(out_dir, out_dir / onnx_path.name, manifest, report, nodes)
+        external = _save_final(lm, opt, graph, report, onnx_path)
+        stage = ExportStage(
+            exporter=opt.exporter, opset=opt.opset, batch="dynamic" if opt.dynamic_batch else opt.batch,
+            seed=opt.seed, target=opt.target, input_name=INPUT_NAME, output_name=OUTPUT_NAME, passes=graph.passes,
+            nodes=graph.nodes, rewrite=graph.rewrite, op_histogram=op_histogram(graph.model),
+            validation=report.to_dict(), exporter_warnings=export_warnings, simplifier_log=graph.simplifier_log[:50],
+            timings_s=steps.seconds, peak_rss_mb=peak_rss_mb())
+        manifest = _manifest(lm, Artifacts(onnx=onnx_path.name, external_data=external), stage)
+        write_manifest(tmp, manifest)
+    return ExportResult(out_dir, out_dir / onnx_path.name, manifest, report, graph.nodes)
+
+
+def _export(lm: LoadedModel, tmp: Path, opt: ExportOptions) -> tuple[_Graph, list[str]]:
+    """Run the exporter into ``tmp`` and load its graph back; the exporter's files are removed again."""
+    raw_path = tmp / "raw.onnx"
+    try:
+        export_warnings = _torch_export(lm, raw_path, opt)
+    except Exception as e:  # the exporters raise many unrelated types; name the failure in one line
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise UserError(f"torch.onnx export failed ({type(e).__name__}: {msg}): try --exporter "
+                        f"{'dynamo' if opt.exporter == 'torchscript' else 'torchscript'}") from None
+    model = onnx.load(str(raw_path))
+    raw_path.unlink()
+    for extra in tmp.iterdir():
+        extra.unlink()
+    return _Graph(model, {"exported": len(model.graph.node)}), export_warnings
+
+
+def _simplify_step(graph: _Graph) -> None:
+    graph.model, graph.simplifier_log = _simplify(graph.model)
+    graph.passes.append("onnxsim")
+    graph.count("simplified")
+
+
+def _rewrite(graph: _Graph, opt: ExportOptions) -> list[str]:
+    """The verified graph passes for ``opt.target``; returns their summary for the terminal."""
+    rewrite = optimize_model(graph.model, seed=opt.seed, target=opt.target)
+    graph.model = rewrite.model
+    graph.rewrite = rewrite.to_dict()
+    if rewrite.patterns:
+        graph.passes.append("shift-to-conv")
+    if rewrite.channels_first is not None and rewrite.channels_first.total:
+        graph.passes.append("channels-first")
+    graph.count("rewritten")
+    return rewrite.summary_lines()
+
+
+def _check(graph: _Graph, tmp: Path) -> Path:
+    """Strict shape inference, then the full onnx checker on the saved file."""
+    graph.model = onnx.shape_inference.infer_shapes(graph.model, strict_mode=True)
+    onnx_path = tmp / "model.onnx"
+    save(graph.model, onnx_path)
+    onnx.checker.check_model(str(onnx_path), full_check=True)
+    return onnx_path
+
+
+def _validate(lm: LoadedModel, onnx_path: Path, opt: ExportOptions) -> ValidationReport:
+    inputs, n_random, names = _validation_inputs(lm, opt)
+    session = cpu_session(onnx_path)
+    return compare(lm.module, session, inputs, None if opt.dynamic_batch else opt.batch, opt.tolerance, n_random,
+                   names)
+
+
+def _save_final(lm: LoadedModel, opt: ExportOptions, graph: _Graph, report: ValidationReport,
+                onnx_path: Path) -> str | None:
+    """Save the validated model with its metadata; returns the external data file's name, if any."""
+    onnx.helper.set_model_props(graph.model, _metadata(lm, opt, graph.passes, report))
+    graph.model.doc_string = f"{lm.name} exported by vmlp-deploy {__version__}"
+    external = save(graph.model, onnx_path)
+    graph.count("final")
+    return external
+
+
+def _manifest(lm: LoadedModel, artifacts: Artifacts, stage: ExportStage) -> RunManifest:
+    checkpoint = None if lm.checkpoint is None else {
+        "path": str(lm.checkpoint.resolve()), "sha256": sha256_file(lm.checkpoint)}
+    model = ModelInfo(
+        name=lm.name, family=lm.family, tiny=lm.cfg.tiny, input_size=list(lm.input_size),
+        num_classes=lm.module.get_classifier().out_features, params=sum(p.numel() for p in lm.module.parameters()),
+        random_weights=lm.random_weights, checkpoint=checkpoint)
+    return RunManifest(format=MANIFEST_FORMAT, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       command=" ".join(sys.argv), model=model, preprocessing=lm.recipe.to_dict(),
+                       artifacts=artifacts, stages={stage.NAME: stage}, environment=environment())
 
 
 def _report_lines(report: ValidationReport) -> list[str]:

@@ -12,14 +12,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from .errors import UserError
-from .export import environment
 from .onnx_io import load_checked, save
 from .passes import OptimizeResult, optimize_model
 from .progress import Progress, Quiet
-from .rundir import MANIFEST, peak_rss_mb, read_manifest, staged_dir, write_json
+from .records import MANIFEST_FORMAT, Artifacts, OptimizeStage, RunManifest, environment
+from .rundir import MANIFEST, load_manifest, peak_rss_mb, staged_dir, write_manifest
 
 
 @dataclass
@@ -27,14 +25,19 @@ class OptimizeRun:
     out_dir: Path
     onnx_path: Path
     result: OptimizeResult
-    manifest: dict[str, Any]
+    record: RunManifest
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as written to ``manifest.json``."""
+        return self.record.to_json()
 
 
-def resolve_onnx(source: Path) -> tuple[Path, dict[str, Any] | None]:
+def resolve_onnx(source: Path) -> tuple[Path, RunManifest | None]:
     """A run directory (its manifest names the model) or a bare ``.onnx`` file."""
     if source.is_dir():
-        manifest = read_manifest(source)
-        name = manifest.get("artifacts", {}).get("onnx")
+        manifest = load_manifest(source)
+        name = manifest.artifacts.onnx if manifest.artifacts else None
         if not name:
             raise UserError(f"{source / MANIFEST} names no ONNX model (artifacts.onnx): pass the .onnx file itself "
                             "or re-run `vmlp-deploy export`")
@@ -52,6 +55,7 @@ def optimize_file(
     source: Path, out_dir: Path, *, overwrite: bool = False, verify: bool = True, seed: int = 0,
     target: str = "cpu", progress: Progress | None = None,
 ) -> OptimizeRun:
+    """Run the graph passes on ``source`` into ``out_dir``: the model and its manifest, extended or new."""
     progress = progress or Quiet()
     path, manifest = resolve_onnx(source)
     with staged_dir(out_dir, overwrite) as tmp:
@@ -61,22 +65,24 @@ def optimize_file(
             result = optimize_model(model, verify=verify, seed=seed, target=target)
         for line in result.summary_lines():
             progress.note(line)
-        onnx_path = tmp / "model.onnx"
-        external = save(result.model, onnx_path)
-        base = dict(manifest) if manifest else {
-            "format": "vmlp-deploy/1",
-            "model": {"name": path.stem, "source": str(path.resolve())},
-            "preprocessing": None,
-            "stages": {},
-        }
-        base["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        base["command"] = " ".join(sys.argv)
-        base["artifacts"] = {"onnx": onnx_path.name, "external_data": external}
-        base.setdefault("stages", {})["optimize"] = {
-            **result.to_dict(),
-            "source": str(path.resolve()),
-            "peak_rss_mb": peak_rss_mb(),
-        }
-        base["environment"] = environment()
-        write_json(tmp / MANIFEST, base)
-    return OptimizeRun(out_dir, out_dir / "model.onnx", result, base)
+        external = save(result.model, tmp / "model.onnx")
+        record = _manifest(manifest or _bare_manifest(path), path, result, external)
+        write_manifest(tmp, record)
+    return OptimizeRun(out_dir, out_dir / "model.onnx", result, record)
+
+
+def _bare_manifest(path: Path) -> RunManifest:
+    """The manifest an ONNX model from elsewhere starts with: its name and origin, no known preprocessing."""
+    return RunManifest.from_json({"format": MANIFEST_FORMAT, "model": {"name": path.stem, "source": str(path.resolve())},
+                                  "preprocessing": None, "stages": {}})
+
+
+def _manifest(base: RunManifest, path: Path, result: OptimizeResult, external: str | None) -> RunManifest:
+    """``base`` (the source run's manifest, which keeps its history) with this run and its pass report."""
+    base.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    base.command = " ".join(sys.argv)
+    base.artifacts = Artifacts(onnx="model.onnx", external_data=external)
+    base.add_stage(OptimizeStage.from_json({**result.to_dict(), "source": str(path.resolve()),
+                                            "peak_rss_mb": peak_rss_mb()}))
+    base.environment = environment()
+    return base

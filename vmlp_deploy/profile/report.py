@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..rundir import MANIFEST, write_json
+from ..records import MANIFEST_FORMAT, Artifacts, ProfileStage, RunManifest
+from ..rundir import write_json, write_manifest
 
 if TYPE_CHECKING:
     from .inputs import ModelInput
@@ -57,16 +58,14 @@ def write_outputs(out: Path, result: ProfileResult, options: ProfileOptions, mod
         if any(r["macs_per_image"] for r in result.records):
             files["macs_chart"] = "latency_vs_macs.png"
             macs_chart(result.records, out / files["macs_chart"])
-    write_json(out / MANIFEST, {
-        "format": "vmlp-deploy/1",
-        "created": created,
-        "command": command,
-        "stages": {"profile": {"records": len(result.records), "skipped": result.skipped,
-                               "warnings": result.warnings, "options": options.to_dict(), **result.cpu}},
-        "artifacts": files,
-        "inputs": [m.to_dict() for m in models],
-        "environment": result.environment,
-    })
+    write_manifest(out, RunManifest(
+        format=MANIFEST_FORMAT, created=created, command=command,
+        stages={"profile": ProfileStage(records=len(result.records), skipped=result.skipped,
+                                        warnings=result.warnings, options=options.to_dict(), **result.cpu)},
+        artifacts=Artifacts(**files),
+        inputs=[m.to_dict() for m in models],
+        environment=result.environment,
+    ))
     return files
 
 
