@@ -7,6 +7,7 @@ records (export -> optimize -> quantize; profile runs have their own).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .records import ManifestError, ProfileRecord, RunManifest
 from .rundir import MANIFEST
 
 #: Where runs go when no ``-o`` is given.
@@ -33,11 +35,16 @@ class RunInfo:
     target_cpu: str
     figure: str
     created: datetime
-    manifest: dict[str, Any]
+    record: RunManifest
 
     @property
     def float_model(self) -> bool:
         return self.stage in ("export", "optimize")
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as JSON, for readers (``deploy.py``) not yet on :attr:`record`."""
+        return self.record.to_json()
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "stage": self.stage, "model": self.model, "backend": self.backend,
@@ -45,42 +52,42 @@ class RunInfo:
                 "created": self.created.isoformat(timespec="seconds")}
 
 
-def _created(manifest: dict[str, Any], path: Path) -> datetime:
-    try:
-        return datetime.fromisoformat(manifest["created"])
-    except (KeyError, TypeError, ValueError):
-        return datetime.fromtimestamp((path / MANIFEST).stat().st_mtime, timezone.utc)
+def _created(manifest: RunManifest, path: Path) -> datetime:
+    """When the manifest says the run was made, else (hand-edited) when the manifest file was written."""
+    if isinstance(manifest.created, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(manifest.created)
+    return datetime.fromtimestamp((path / MANIFEST).stat().st_mtime, timezone.utc)
 
 
-def _info(path: Path, manifest: dict[str, Any]) -> RunInfo:
-    stages = manifest.get("stages") or {}
+def _info(path: Path, manifest: RunManifest) -> RunInfo:
+    stages = manifest.stages or {}
     stage = max((s for s in stages if s in STAGE_ORDER), key=STAGE_ORDER.index, default="export")
-    model = str((manifest.get("model") or {}).get("name") or path.name)
+    model = str((manifest.model.name if manifest.model else None) or path.name)
     backend, precision, target, figure = "-", "f32", "-", ""
-    if stage == "export":
-        v = (stages["export"].get("validation") or {})
-        outs = v.get("outputs") or []
+    if stage == "export" and manifest.export:
+        outs = (manifest.export.validation or {}).get("outputs") or []
         if outs:
             figure = f"max |diff| {max(o.get('max_abs_diff', 0) for o in outs):.1e}"
-    elif stage == "optimize":
-        figure = f"{stages['optimize'].get('nodes_before')} -> {stages['optimize'].get('nodes_after')} nodes"
-    elif stage == "quantize":
-        q = stages["quantize"]
-        backend, precision = str(q.get("backend", "-")), "int8"
-        target = str((q.get("target_cpu") or {}).get("name", "-"))
-        f = q.get("fidelity") or {}
-        acc = q.get("accuracy")
+    elif stage == "optimize" and manifest.optimize:
+        figure = f"{manifest.optimize.nodes_before} -> {manifest.optimize.nodes_after} nodes"
+    elif stage == "quantize" and manifest.quantize:
+        q = manifest.quantize
+        backend, precision = str(q.backend or "-"), "int8"
+        target = str((q.target_cpu or {}).get("name", "-"))
+        f = q.fidelity or {}
+        acc = q.accuracy
         figure = (f"top-1 {acc['top1_delta_points']:+.2f} pts" if acc else
                   f"agreement {f.get('top1_agreement', 0):.0%}, SQNR {f.get('sqnr_db', 0):.1f} dB" if f else "")
-    elif stage == "profile":
-        p = stages["profile"]
-        options = p.get("options") or {}
-        names = list(dict.fromkeys(str(i.get("model_name") or i.get("label")) for i in manifest.get("inputs") or []))
+    elif stage == "profile" and manifest.profile:
+        p = manifest.profile
+        options = p.options or {}
+        names = list(dict.fromkeys(str(i.get("model_name") or i.get("label")) for i in manifest.inputs or []))
         model = ", ".join(names) or model
         backend = ",".join(options.get("backends") or []) or "-"
         precision = ",".join(options.get("precisions") or []) or "-"
-        target = str((p.get("target_cpu") or {}).get("name", "-"))
-        figure = _profile_figure(path) or f"{p.get('records', 0)} records"
+        target = str((p.target_cpu or {}).get("name", "-"))
+        figure = _profile_figure(path) or f"{p.records or 0} records"
     return RunInfo(path, stage, model, backend, precision, target, figure, _created(manifest, path), manifest)
 
 
@@ -88,10 +95,10 @@ def _profile_figure(path: Path) -> str:
     """The first few medians of a profile run: ``label backend precision 12.3 ms; ...``."""
     try:
         records = json.loads((path / "profile.json").read_text())["records"]
-    except (OSError, KeyError, json.JSONDecodeError):
+        shown = [ProfileRecord.from_dict(r) for r in records[:3]]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
         return ""
-    parts = [f"{r['model']} {r['backend']} {r['precision']} {r['latency_ms']['median']:.1f} ms"
-             for r in records[:3] if r.get("latency_ms")]
+    parts = [f"{r.model} {r.backend} {r.precision} {r.latency_ms['median']:.1f} ms" for r in shown if r.latency_ms]
     return "; ".join(parts) + ("; ..." if len(records) > 3 else "")
 
 
@@ -100,10 +107,10 @@ def read_run(path: Path) -> RunInfo | None:
     if path.name.startswith(".") or not (path / MANIFEST).is_file():
         return None
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
+        manifest = RunManifest.from_json(json.loads((path / MANIFEST).read_text()))
+    except (OSError, json.JSONDecodeError, ManifestError):
         return None
-    return _info(path, manifest) if isinstance(manifest, dict) else None
+    return _info(path, manifest)
 
 
 def list_runs(root: Path = DEFAULT_ROOT) -> list[RunInfo]:
@@ -125,12 +132,13 @@ def latest_float_run(root: Path = DEFAULT_ROOT) -> RunInfo:
 
 def int8_runs_of(run: RunInfo, root: Path = DEFAULT_ROOT) -> list[RunInfo]:
     """Quantize runs made from ``run``'s model file, most recent per backend."""
-    model_file = (run.path / str((run.manifest.get("artifacts") or {}).get("onnx") or "model.onnx")).resolve()
+    artifacts = run.record.artifacts
+    model_file = (run.path / str((artifacts.onnx if artifacts else None) or "model.onnx")).resolve()
     latest: dict[str, RunInfo] = {}
     for r in list_runs(root):
-        if r.stage != "quantize":
+        if r.stage != "quantize" or r.record.quantize is None:
             continue
-        source = ((r.manifest["stages"]["quantize"].get("source") or {}).get("onnx")) or ""
+        source = (r.record.quantize.source or {}).get("onnx") or ""
         if Path(source).resolve() == model_file:
             latest[r.backend] = r
     return list(latest.values())

@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .records import QuantizeStage
 from .runs import RunInfo
 
 
@@ -52,14 +53,14 @@ def speedup_rows(records: list[dict[str, Any]], float_label: str, int8_runs: lis
     """One row per INT8 run: its backend's FP32 and INT8 medians from ``records`` (labels are run dir names)."""
     rows = []
     for run in int8_runs:
-        q = run.manifest["stages"]["quantize"]
-        f = q.get("fidelity") or {}
-        acc = q.get("accuracy") or {}
+        q = run.record.quantize or QuantizeStage()
+        f = q.fidelity or {}
+        acc = q.accuracy or {}
         fp32_ms, fp32_precision = _median(records, float_label, run.backend, False)
         int8_ms, _ = _median(records, run.path.name, run.backend, True)
         sqnr = f.get("sqnr_db")
         rows.append(SpeedupRow(run.backend, fp32_ms, int8_ms, fp32_precision, str(run.path),
-                               str((q.get("integer_scheme") or {}).get("name", "-")), run.target_cpu,
+                               str((q.integer_scheme or {}).get("name", "-")), run.target_cpu,
                                f.get("top1_agreement"), sqnr if isinstance(sqnr, float | int) else None,
                                acc.get("top1_delta_points")))
     return rows
