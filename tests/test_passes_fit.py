@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmlp_deploy.passes._graph import make_session
+from vmlp_deploy.onnx_io import cpu_session
 from vmlp_deploy.passes.probe import CopyMap
 from vmlp_deploy.passes.shift_fit import ShiftPlan, fit_shift
-from vmlp_deploy.passes.shift_to_conv import replacement_model
+from vmlp_deploy.passes.rules.shift_to_conv import replacement_model
 
 MODES = ("edge", "wrap", "constant")
 
@@ -52,7 +52,7 @@ def make_map(n, c, h, w, dy, dx, mode_h, mode_w, fill=0.0, x_layout="NCHW", y_la
 
 def run_plan(plan: ShiftPlan, x: np.ndarray, opset: int = 19) -> np.ndarray:
     model = replacement_model(plan, "x", ir.DataType.FLOAT, opset_imports={"": opset}, ir_version=10)
-    return make_session(model).run(None, {"x": x})[0]
+    return cpu_session(model, threads=1, optimize=False).run(None, {"x": x})[0]
 
 
 def apply_map(cmap: CopyMap, x: np.ndarray) -> np.ndarray:

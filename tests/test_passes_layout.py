@@ -18,8 +18,10 @@ from onnx import helper as h
 from vmlp_deploy.models.s2mlpv2 import ShiftSplitMixer
 
 from vmlp_deploy.passes import optimize_model
-from vmlp_deploy.passes._graph import make_session, model_histogram
-from vmlp_deploy.passes.layout import optimize_layout
+from vmlp_deploy.onnx_io import cpu_session, op_histogram
+from vmlp_deploy.passes.pipeline import layout_counts
+from vmlp_deploy.passes.rule import apply_phases
+from vmlp_deploy.passes.rule_sets import CPU_LAYOUT
 
 F = onnx.TensorProto.FLOAT
 RNG = np.random.default_rng(0)
@@ -34,8 +36,8 @@ def _model(nodes, inputs, outputs, inits=(), opset=17):
 
 
 def _layout(model):
-    work = ir.from_proto(model)
-    stats = optimize_layout(work)
+    work, report = apply_phases(ir.from_proto(model), [CPU_LAYOUT])
+    stats = {**layout_counts(report), "total": sum(rule.fired for rule in report.rules.values())}
     work.graph.sort()
     out = ir.serde.serialize_model(work)
     onnx.checker.check_model(out)
@@ -43,7 +45,7 @@ def _layout(model):
 
 
 def _outputs(model, feeds):
-    return make_session(model).run(None, feeds)
+    return cpu_session(model, threads=1, optimize=False).run(None, feeds)
 
 
 def _feeds(model):
@@ -79,7 +81,7 @@ def test_sink_through_reductions_and_broadcast_mul_narrows_transpose():
     out, stats = _layout(model)
     (t,) = _transposes(out)
     assert list(h.get_attribute_value(t.attribute[0])) == [0, 2, 3, 1]  # now on the C-channel sum
-    assert stats.sunk == 1 and stats.elements_moved_after * 3 == stats.elements_moved_before
+    assert stats["sunk"] == 1 and stats["elements_moved_after"] * 3 == stats["elements_moved_before"]
     _assert_same(model, out, exact=False)  # reduction order changes: round-off only
 
 
@@ -93,7 +95,7 @@ def test_sink_cancels_across_elementwise_and_keepdims_reduction():
     ], [("x", [1, 4, 5, 6])], [("y", [1, 4, 1, 6])], inits=[("bias", np.arange(4, dtype=np.float32)), ("lo", np.array(0.5, np.float32)),
                                             ("hi", np.array(2, np.float32))])
     out, stats = _layout(model)
-    assert not _transposes(out) and stats.sunk == 1
+    assert not _transposes(out) and stats["sunk"] == 1
     _assert_same(model, out)
 
 
@@ -108,7 +110,7 @@ def test_transpose_with_nowhere_cheaper_to_go_is_left_alone(consumer):
         nodes[-1] = h.make_node("Relu", ["t"], ["y"])
     model = _model(nodes, [("x", [1, 4, 5, 6])], [("y", out_shape)], inits=inits)
     out, stats = _layout(model)
-    assert stats.total == 0
+    assert stats["total"] == 0
     assert [n.op_type for n in out.graph.node] == [n.op_type for n in model.graph.node]
 
 
@@ -120,7 +122,7 @@ def test_side_operand_that_needs_a_real_transpose_blocks_sinking():
     ], [("x", [1, 3, 4, 5, 6]), ("w", [1, 3, 5, 6, 4])], [("y", [1, 5, 6, 4])],
         inits=[("axes", np.array([1], np.int64))])
     out, stats = _layout(model)
-    assert stats.sunk == 0 and len(_transposes(out)) == 1
+    assert stats["sunk"] == 0 and len(_transposes(out)) == 1
     _assert_same(model, out)
 
 
@@ -144,24 +146,24 @@ def _linear_then_transpose(k, n, form):
 def test_widening_linear_becomes_1x1_conv_after_the_transpose(form):
     model = _linear_then_transpose(4, 12, form)
     out, stats = _layout(model)
-    assert stats.hoisted_into_conv == 1
+    assert stats["hoisted_into_conv"] == 1
     ops = [n.op_type for n in out.graph.node]
     assert ops == ["Transpose", "Conv"]
-    assert stats.elements_moved_after * 3 == stats.elements_moved_before
+    assert stats["elements_moved_after"] * 3 == stats["elements_moved_before"]
     _assert_same(model, out, exact=False)
 
 
 def test_narrowing_linear_is_not_turned_into_a_conv():
     model = _linear_then_transpose(12, 4, "matmul")
     out, stats = _layout(model)
-    assert stats.total == 0 and "Conv" not in model_histogram(out)
+    assert stats["total"] == 0 and "Conv" not in op_histogram(out)
 
 
 def test_transpose_of_unit_axes_becomes_reshape():
     model = _model([h.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 1, 3])], [("x", [2, 1, 1, 6])],
                    [("y", [2, 1, 1, 6])])
     out, stats = _layout(model)
-    assert stats.to_reshape == 1 and model_histogram(out) == {"Reshape": 1}
+    assert stats["to_reshape"] == 1 and op_histogram(out) == {"Reshape": 1}
     _assert_same(model, out)
 
 
@@ -185,11 +187,12 @@ def _moved(model: onnx.ModelProto) -> int:
 def test_s2mlpv2_mixer_transposes_move_to_c_channels(mixer_model):
     plain = optimize_model(mixer_model, layout=False)
     result = optimize_model(mixer_model)
-    assert result.verification.passed and result.layout.hoisted_into_conv == 1 and result.layout.sunk == 1
+    layout = result.layout_counts()
+    assert result.verification.passed and layout["hoisted_into_conv"] == 1 and layout["sunk"] == 1
     assert _moved(result.model) * 3 == _moved(plain.model)  # 2 x 3C*H*W -> 2 x C*H*W
     assert {"ScatterND", "Concat"}.isdisjoint(result.ops_after)
     # one Split picks the three split-attention branches of the 4-D tensor (no 5-D view any more)
-    assert result.layout.group_views == 1 and result.ops_after["Split"] == 1 and "Slice" not in result.ops_after
+    assert result.layout_counts()["group_views"] == 1 and result.ops_after["Split"] == 1 and "Slice" not in result.ops_after
     assert result.ops_after["MatMul"] == 1  # mlp1 became the 1x1 Conv; mlp2 stays
 
 
@@ -199,8 +202,8 @@ def test_edge_mask_formulation_is_exact_and_pad_free(mixer_model):
     assert mask.verification.passed and "Pad" not in mask.ops_after and pad.ops_after.get("Pad") == 1
     x = RNG.standard_normal((1, 6, 7, 16)).astype(np.float32)
     name = mixer_model.graph.input[0].name
-    a = make_session(pad.model).run(None, {name: x})[0]
-    b = make_session(mask.model).run(None, {name: x})[0]
+    a = cpu_session(pad.model, threads=1, optimize=False).run(None, {name: x})[0]
+    b = cpu_session(mask.model, threads=1, optimize=False).run(None, {name: x})[0]
     np.testing.assert_array_equal(a, b)
 
 

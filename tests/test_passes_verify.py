@@ -11,7 +11,8 @@ import onnx_ir as ir
 import pytest
 from onnx import helper as h
 
-from vmlp_deploy.passes import RewriteRolledBack, compare_models, optimize_model, shift_to_conv
+from vmlp_deploy.passes import RewriteRolledBack, compare_models, optimize_model
+from vmlp_deploy.passes.rules import shift_to_conv
 from vmlp_deploy.passes._graph import can_raise_opset
 
 

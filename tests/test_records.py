@@ -136,4 +136,6 @@ def test_timed_steps_keep_the_seconds_of_named_steps_that_finished() -> None:
         pass
     with pytest.raises(RuntimeError), steps.step("failed", "second"):
         raise RuntimeError
-    assert list(steps.seconds) == ["first"] and steps.seconds["first"] >= 0
+    with steps.timed("shows its own bar"):
+        pass
+    assert list(steps.seconds) == ["first", "shows its own bar"] and steps.seconds["first"] >= 0

@@ -263,7 +263,7 @@ def _rewrite(graph: _Graph, opt: ExportOptions) -> list[str]:
     graph.rewrite = rewrite.to_dict()
     if rewrite.patterns:
         graph.passes.append("shift-to-conv")
-    if rewrite.channels_first is not None and rewrite.channels_first.total:
+    if rewrite.channels_first_counts() is not None and rewrite.layout_changes:
         graph.passes.append("channels-first")
     graph.count("rewritten")
     return rewrite.summary_lines()

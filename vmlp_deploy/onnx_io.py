@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnxruntime as ort
@@ -65,16 +67,25 @@ def load_checked(path: Path, *, load_external_data: bool = True) -> onnx.ModelPr
     return model
 
 
-def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
-    return dict(sorted(Counter(n.op_type for n in model.graph.node).items(), key=lambda kv: (-kv[1], kv[0])))
+def op_histogram(model: onnx.ModelProto | Iterable[Any]) -> dict[str, int]:
+    """Op type -> count, most frequent first; ops of non-default domains are named ``domain::op``.
+
+    Takes a model (its main graph) or any nodes with ``op_type`` and ``domain`` (protobuf or onnx_ir)."""
+    nodes = model.graph.node if isinstance(model, onnx.ModelProto) else model
+    counter = Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in nodes)
+    return dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def cpu_session(model: onnx.ModelProto | Path, threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with all graph optimisations, as a deployment would run it."""
+def cpu_session(model: onnx.ModelProto | Path | bytes, threads: int | None = None, *,
+                optimize: bool = True) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session: with all graph optimisations, as a deployment runs it, or (``optimize=False``)
+    running the graph exactly as written, which is what the passes compare when they check a rewrite."""
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.log_severity_level = 4  # failures surface as exceptions; ORT need not print them too
+    options.inter_op_num_threads = 1
     if threads:
         options.intra_op_num_threads = threads
-    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    source = str(model) if isinstance(model, Path) else model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

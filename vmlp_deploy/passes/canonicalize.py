@@ -25,7 +25,8 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from ._graph import infer_shapes, make_session, static_shape
+from ..onnx_io import cpu_session
+from ._graph import infer_shapes, static_shape
 from .regions import analyse_constants, const_closure
 
 logger = logging.getLogger("vmlp_deploy.passes")
@@ -67,7 +68,7 @@ def _fold_once(model: ir.Model, max_elements: int) -> int:
     opsets = [onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items()]
     const_model = onnx.helper.make_model(const_graph, opset_imports=opsets, ir_version=model.ir_version)
     try:
-        results = make_session(const_model).run(None, {})
+        results = cpu_session(const_model, threads=1, optimize=False).run(None, {})
     except Exception as exc:  # noqa: BLE001 - folding is an optimisation; skip it if ORT cannot run it
         logger.debug("constant folding skipped: %s", exc)
         return 0
@@ -146,7 +147,7 @@ def _fold_measured_shapes(model: ir.Model) -> int:
     del proto.graph.output[:]
     proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(v.name) for v in targets)
     try:
-        session = make_session(proto)
+        session = cpu_session(proto, threads=1, optimize=False)
         feeds = {inp.name: np.zeros(inp.shape, dtype=_ORT_TYPES[inp.type]) for inp in session.get_inputs()}
         results = session.run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - measuring is an optimisation; shape inference rounds remain

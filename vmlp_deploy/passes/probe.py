@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from ._graph import make_session
+from ..onnx_io import cpu_session
 
 #: Largest base whose digits (+1) a dtype stores exactly, with room to spare.
 _BASES = {np.dtype(np.float16): 1 << 10, np.dtype(np.float32): 1 << 22, np.dtype(np.float64): 1 << 40}
@@ -53,7 +53,7 @@ def probe_region(
     while base**n_digits < numel:
         n_digits += 1
 
-    session = make_session(model)
+    session = cpu_session(model, threads=1, optimize=False)
     name = session.get_inputs()[0].name
 
     def run(arr: np.ndarray) -> np.ndarray:

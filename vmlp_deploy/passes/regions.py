@@ -21,7 +21,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from ._graph import op_histogram, static_shape
+from ..onnx_io import op_histogram
+from ._graph import static_shape
 
 #: Movement ops -> positions of the inputs that must be constant (the "parameters" of the move).
 MOVEMENT_PARAMS: dict[str, frozenset[int]] = {

@@ -1,15 +1,10 @@
-"""The pass pipeline: canonicalise -> find and prove shift regions -> rewrite -> clean up -> layout -> verify.
+"""The pass pipeline: canonicalise, then the target's rule set (:mod:`.rule_sets`), then verify.
 
-The layout step depends on the target runtime (``TARGETS``): ``cpu`` (ONNX Runtime) keeps token maps
-channels-last, narrows the Transposes the rewrite left (:mod:`.layout`) and starts the token map from a
-MatMul (:mod:`.patchify`); ``openvino`` and ``npu``
-run them channels-first end to end (:mod:`.channels_first`), which Conv-centred runtimes need; ``npu``
-also reports the ops outside the core set edge NPU compilers accept (:mod:`.npu`).
-
-Each rewrite is checked twice: alone (region vs replacement, on random inputs, when it is planned) and in
-the whole model (original vs rewritten, ONNX Runtime, seeded random inputs). A whole-model failure is
-bisected down to the offending sites, which are rolled back with a :class:`RewriteRolledBack` warning.
-A model in which nothing is rewritten is returned as it came in (the same object).
+Each rewrite is checked twice: alone (a shift region vs its replacement, on random inputs, when it is planned)
+and in the whole model (original vs rewritten, ONNX Runtime, seeded random inputs). When the whole model fails,
+the layout phases are dropped first; then the failure is bisected down to the offending shift sites, which
+are rolled back with a :class:`RewriteRolledBack` warning. A model in which nothing is rewritten is returned
+as it came in (the same object).
 """
 
 from __future__ import annotations
@@ -18,28 +13,18 @@ import dataclasses
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import onnx
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
 
+from ..onnx_io import op_histogram
 from ..targets import TARGETS
-from ._graph import infer_shapes, model_histogram
 from .canonicalize import canonicalize
-from .channels_first import ChannelsFirstStats, lower_group_views, to_channels_first
-from .layout import LayoutStats, optimize_layout
 from .npu import NpuReport, npu_report
-from .patchify import patchify
-from .shift_to_conv import (
-    EDGE_DEFAULT,
-    RewriteRolledBack,
-    ShiftSite,
-    SkippedRegion,
-    apply_shift_sites,
-    find_shift_sites,
-)
-from .transpose_cleanup import CleanupStats, cleanup_layout
+from .rule import PassReport, RewriteContext, run_phase
+from .rule_sets import RULE_SETS
+from .rules.shift_to_conv import EDGE_DEFAULT, RewriteRolledBack, ShiftSite, SkippedRegion, find_shift_sites
 from .verify import Verification, compare_models
 
 
@@ -56,16 +41,19 @@ class OptimizeResult:
     verification: Verification | None
     rolled_back: list[str]
     skipped: list[SkippedRegion] = dataclasses.field(default_factory=list)
-    cleanup: CleanupStats = dataclasses.field(default_factory=CleanupStats)
-    layout: LayoutStats | None = None
+    report: PassReport = dataclasses.field(default_factory=PassReport)
     seconds: float = 0.0
     target: str = "cpu"
-    channels_first: ChannelsFirstStats | None = None
     npu: NpuReport | None = None
 
     @property
+    def layout_changes(self) -> int:
+        """Rewrites made by the layout phases (Transposes moved, ops laid out channels-first, views flattened)."""
+        return self.report.total(*_LAYOUT_RULES)
+
+    @property
     def changed(self) -> bool:
-        return bool(self.patterns) or bool(self.channels_first and self.channels_first.total)
+        return bool(self.patterns) or bool(self.target != "cpu" and self.layout_changes)
 
     def pattern_counts(self) -> dict[str, int]:
         """'kind layout' -> number of sites."""
@@ -74,6 +62,15 @@ class OptimizeResult:
             key = f"{site.plan.kind} {site.plan.layout}"
             counts[key] = counts.get(key, 0) + 1
         return dict(sorted(counts.items()))
+
+    def cleanup_counts(self) -> dict[str, int]:
+        return cleanup_counts(self.report)
+
+    def layout_counts(self) -> dict[str, int] | None:
+        return layout_counts(self.report) if self.target == "cpu" else None
+
+    def channels_first_counts(self) -> dict[str, int] | None:
+        return channels_first_counts(self.report)
 
     def to_dict(self) -> dict:
         """JSON-ready report (the model itself is not included)."""
@@ -88,11 +85,12 @@ class OptimizeResult:
             "verification": self.verification.to_dict() if self.verification else None,
             "rolled_back": list(self.rolled_back),
             "skipped": [{"output": s.y_name, "reason": s.reason, "ops": s.region_ops} for s in self.skipped],
-            "cleanup": dataclasses.asdict(self.cleanup),
-            "layout": dataclasses.asdict(self.layout) if self.layout else None,
+            "cleanup": self.cleanup_counts(),
+            "layout": self.layout_counts(),
             "target": self.target,
-            "channels_first": dataclasses.asdict(self.channels_first) if self.channels_first else None,
+            "channels_first": self.channels_first_counts(),
             "npu": self.npu.to_dict() if self.npu else None,
+            "rules": self.report.to_dict(),
             "seconds": round(self.seconds, 3),
         }
 
@@ -109,21 +107,24 @@ class OptimizeResult:
             lines.append("  removed: " + ", ".join(f"{k} {v}" for k, v in sorted(removed.items(), key=lambda kv: -kv[1])))
         if added:
             lines.append("  added:   " + ", ".join(f"{k} {v}" for k, v in sorted(added.items(), key=lambda kv: -kv[1])))
+        cleanup = self.cleanup_counts()
         if self.patterns:
             lines.append(f"  Transposes left: {self.ops_after.get('Transpose', 0)} "
                          f"(before: {self.ops_before.get('Transpose', 0)}; cleanup folded/cancelled "
-                         f"{self.cleanup.transposes_folded + self.cleanup.transposes_cancelled})")
-        if self.layout is not None and self.layout.total:
-            lines.append(f"  layout: {self.layout.hoisted_into_conv} MatMul->1x1 Conv, {self.layout.sunk} sunk, "
-                         f"{self.layout.to_reshape} -> Reshape, {self.layout.group_views} grouped views flattened, "
-                         f"{self.layout.patch_convs_to_matmul} patch Convs -> MatMul; "
-                         f"Transpose elements moved {self.layout.elements_moved_before} -> "
-                         f"{self.layout.elements_moved_after}")
-        cf = self.channels_first
-        if cf is not None and cf.total:
-            lines.append(f"  channels-first: {cf.transposes_propagated} Transposes carried through "
-                         f"{cf.ops_rewritten} ops ({cf.layernorms} LayerNorm, {cf.linears_to_conv} Linear->1x1 Conv), "
-                         f"{cf.transposes_restored} put back; {cf.group_views} grouped views flattened")
+                         f"{cleanup['transposes_folded'] + cleanup['transposes_cancelled']})")
+        layout = self.layout_counts()
+        if layout is not None and self.layout_changes:
+            lines.append(f"  layout: {layout['hoisted_into_conv']} MatMul->1x1 Conv, {layout['sunk']} sunk, "
+                         f"{layout['to_reshape']} -> Reshape, {layout['group_views']} grouped views flattened, "
+                         f"{layout['patch_convs_to_matmul']} patch Convs -> MatMul; "
+                         f"Transpose elements moved {layout['elements_moved_before']} -> "
+                         f"{layout['elements_moved_after']}")
+        cf = self.channels_first_counts()
+        if cf is not None and self.layout_changes:
+            lines.append(f"  channels-first: {cf['transposes_propagated']} Transposes carried through "
+                         f"{cf['ops_rewritten']} ops ({cf['layernorms']} LayerNorm, {cf['linears_to_conv']} "
+                         f"Linear->1x1 Conv), {cf['transposes_restored']} put back; {cf['group_views']} grouped "
+                         "views flattened")
         if self.npu is not None:
             lines.append("  " + self.npu.summary())
         if self.verification is not None:
@@ -134,24 +135,56 @@ class OptimizeResult:
             lines.append(f"  left alone: {item.describe()}")
         return lines
 
+    def explain_lines(self) -> list[str]:
+        """Per rule of the target's rule set: how often it fired and why it declined (``optimize --explain``)."""
+        return self.report.explain_lines()
 
-def _rewrite(work_proto: onnx.ModelProto, sites: Sequence[ShiftSite], *, edge: str, layout: bool,
-             target: str = "cpu") -> tuple[onnx.ModelProto, CleanupStats, LayoutStats | ChannelsFirstStats | None]:
+
+def cleanup_counts(report: PassReport) -> dict[str, int]:
+    """What the cleanup rules removed, in the manifest's ``cleanup`` fields (a cancelled pair counts 2)."""
+    cancel = report.rules["cancel-transposes"].kinds if "cancel-transposes" in report.rules else {}
+    return {"transposes_folded": report.fired("fold-transpose-pairs"),
+            "transposes_cancelled": 2 * cancel.get("cancelled", 0) + cancel.get("composed", 0),
+            "reshapes_folded": report.fired("fold-reshape-pairs")}
+
+
+def layout_counts(report: PassReport) -> dict[str, int] | None:
+    """What the ``cpu`` layout rules did, in the manifest's ``layout`` fields (None when they did not run)."""
+    if "narrow-transposes" not in report.rules:
+        return None
+    fired, metrics = report.fired, report.metrics
+    return {"sunk": fired("narrow-transposes"), "hoisted_into_conv": fired("linear-to-conv1x1"),
+            "to_reshape": fired("unit-transpose-to-reshape"),
+            "elements_moved_before": metrics.get("transpose_elements_before", 0),
+            "elements_moved_after": metrics.get("transpose_elements_after", 0),
+            "group_views": fired("flatten-group-views"), "patch_convs_to_matmul": fired("patch-conv-to-matmul")}
+
+
+def channels_first_counts(report: PassReport) -> dict[str, int] | None:
+    """What the channels-first rule did, in the manifest's ``channels_first`` fields (None when it did not run)."""
+    if "channels-first" not in report.rules:
+        return None
+    kinds = report.rules["channels-first"].kinds
+    return {"transposes_propagated": kinds.get("lift", 0), "ops_rewritten": report.fired("channels-first"),
+            "layernorms": kinds.get("layernorm", 0), "linears_to_conv": kinds.get("linear", 0),
+            "transposes_restored": kinds.get("restore", 0), "group_views": report.fired("flatten-group-views")}
+
+
+#: The rules whose rewrites are layout changes (what ``changed`` counts for the channels-first targets).
+_LAYOUT_RULES = ("narrow-transposes", "linear-to-conv1x1", "unit-transpose-to-reshape", "flatten-group-views",
+                 "patch-conv-to-matmul", "channels-first")
+
+
+def _rewrite(work_proto: onnx.ModelProto, context: RewriteContext, *, layout: bool,
+             target: str) -> tuple[onnx.ModelProto, PassReport]:
+    """The target's rule set on a copy of the canonical model (layout phases only when ``layout``)."""
     model = ir.from_proto(work_proto)
-    apply_shift_sites(model, sites, edge=edge)
-    common_passes.RemoveUnusedNodesPass()(model)
-    stats = cleanup_layout(model)
-    layout_stats: LayoutStats | ChannelsFirstStats | None = None
-    if layout:  # the layout rules need the shapes of the values the rewrite just created
-        model = infer_shapes(ir.serde.serialize_model(model))
-        layout_stats = optimize_layout(model) if target == "cpu" else to_channels_first(model)
-        model = infer_shapes(ir.serde.serialize_model(model))
-        layout_stats.group_views = lower_group_views(model)
-        if isinstance(layout_stats, LayoutStats):
-            layout_stats.patch_convs_to_matmul = patchify(model)
-        cleanup_layout(model)
+    report = PassReport(rule_set=target)
+    for phase in RULE_SETS[target]:
+        if layout or not phase.layout:
+            model = run_phase(model, phase, report, context)
     model.graph.sort()
-    return ir.serde.serialize_model(model), stats, layout_stats
+    return ir.serde.serialize_model(model), report
 
 
 def optimize_model(
@@ -166,7 +199,7 @@ def optimize_model(
     layout: bool = True,
     target: str = "cpu",
 ) -> OptimizeResult:
-    """Replace every shift idiom in ``model`` by Pad + depthwise Conv, verified against the original.
+    """Replace every shift idiom in ``model`` by Pad + depthwise Conv and lay it out for ``target``, verified.
 
     Args:
         model: any ONNX model; the shapes around a rewrite must be static (export with fixed input size).
@@ -179,12 +212,12 @@ def optimize_model(
         n_samples: random inputs for the whole-model verification.
         edge: how edge-replicate borders are written: ``"pad"`` (``Pad(mode=edge)``, the default: measured
             faster in both ONNX Runtime and OpenVINO) or ``"mask"`` (zero-padded Conv + ``x * mask``, exact
-            for one-pixel shifts). See :func:`.shift_to_conv.emit`.
-        layout: run the layout step after the rewrite (see ``target``). When the whole model then fails
-            verification the layout step alone is dropped first.
-        target: ``"cpu"`` (ONNX Runtime: channels-last, Transposes narrowed by :mod:`.layout`),
-            ``"openvino"`` or ``"npu"`` (channels-first end to end, :mod:`.channels_first`; this runs even
-            where no shift is found). ``npu`` adds :func:`.npu.npu_report` to the result.
+            for one-pixel shifts). See :func:`.rules.shift_to_conv.emit`.
+        layout: run the target's layout phases. When the whole model then fails verification they are
+            dropped first.
+        target: a key of :data:`.rule_sets.RULE_SETS`: ``"cpu"`` (ONNX Runtime: channels-last, Transposes
+            narrowed), ``"openvino"`` or ``"npu"`` (channels-first end to end; this runs even where no shift
+            is found). ``npu`` adds :func:`.npu.npu_report` to the result.
 
     Returns:
         :class:`OptimizeResult`. When nothing is rewritten, ``result.model is model``.
@@ -193,7 +226,7 @@ def optimize_model(
         raise ValueError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
     start = time.perf_counter()
     log: Callable[[str], None] | None = (lambda msg: print(f"[passes] {msg}", file=sys.stderr)) if progress else None
-    ops_before = model_histogram(model)
+    ops_before = op_histogram(model)
     nodes_before = len(model.graph.node)
     if log:
         log(f"canonicalising ({nodes_before} nodes)")
@@ -202,32 +235,37 @@ def optimize_model(
     sites, skipped, rolled_back = find_shift_sites(work, max_shift=max_shift, seed=seed, check=True, progress=log,
                                                    edge=edge)
 
-    def unchanged(verification: Verification | None = None) -> OptimizeResult:
+    def context(subset: list[ShiftSite]) -> RewriteContext:
+        return RewriteContext(edge=edge, max_shift=max_shift, seed=seed, sites=list(subset), skipped=skipped)
+
+    def unchanged(verification: Verification | None = None, report: PassReport | None = None) -> OptimizeResult:
         return OptimizeResult(model, [], nodes_before, nodes_before, ops_before, dict(ops_before), verification,
-                              rolled_back, skipped, seconds=time.perf_counter() - start, target=target,
+                              rolled_back, skipped, report=report or PassReport(rule_set=target),
+                              seconds=time.perf_counter() - start, target=target,
                               npu=npu_report(model) if target == "npu" else None)
 
     if not sites and (target == "cpu" or not layout):
         return unchanged()
     if log:
         log(f"rewriting {len(sites)} site(s)")
-    rewritten, stats, layout_stats = _rewrite(work_proto, sites, edge=edge, layout=layout, target=target)
-    if not sites and not (layout_stats and layout_stats.total):
-        return unchanged()
+    rewritten, report = _rewrite(work_proto, context(sites), layout=layout, target=target)
+    layout_changes = report.total(*_LAYOUT_RULES)
+    if not sites and not layout_changes:
+        return unchanged(report=report)
     verification = None
     if verify:
         verification = compare_models(model, rewritten, n_samples=n_samples, seed=seed)
-        if not verification.passed and layout_stats is not None and layout_stats.total:
+        if not verification.passed and layout_changes:
             message = "rolled back the layout pass: whole-model outputs changed beyond round-off"
             warnings.warn(message, RewriteRolledBack, stacklevel=2)
             rolled_back.append(message)
             layout = False
             if not sites:
                 return unchanged(verification)
-            rewritten, stats, layout_stats = _rewrite(work_proto, sites, edge=edge, layout=False)
+            rewritten, report = _rewrite(work_proto, context(sites), layout=False, target=target)
             verification = compare_models(model, rewritten, n_samples=n_samples, seed=seed)
         if not verification.passed:
-            bad = _bisect(model, work_proto, sites, seed, n_samples, edge)
+            bad = _bisect(model, work_proto, sites, seed, n_samples, context, target)
             for site in bad:
                 message = f"rolled back {site.describe()}: whole-model outputs changed beyond round-off"
                 warnings.warn(message, RewriteRolledBack, stacklevel=2)
@@ -235,7 +273,7 @@ def optimize_model(
             sites = [s for s in sites if s not in bad]
             if not sites:
                 return unchanged(verification)
-            rewritten, stats, layout_stats = _rewrite(work_proto, sites, edge=edge, layout=layout, target=target)
+            rewritten, report = _rewrite(work_proto, context(sites), layout=layout, target=target)
             verification = compare_models(model, rewritten, n_samples=n_samples, seed=seed)
             if not verification.passed:  # should not happen; refuse to write anything unverified
                 message = "rolled back all rewrites: verification still fails after bisection"
@@ -249,25 +287,23 @@ def optimize_model(
         nodes_before=nodes_before,
         nodes_after=len(rewritten.graph.node),
         ops_before=ops_before,
-        ops_after=model_histogram(rewritten),
+        ops_after=op_histogram(rewritten),
         verification=verification,
         rolled_back=rolled_back,
         skipped=skipped,
-        cleanup=stats,
-        layout=layout_stats if isinstance(layout_stats, LayoutStats) else None,
+        report=report,
         seconds=time.perf_counter() - start,
         target=target,
-        channels_first=layout_stats if isinstance(layout_stats, ChannelsFirstStats) else None,
         npu=npu_report(rewritten) if target == "npu" else None,
     )
 
 
 def _bisect(original: onnx.ModelProto, work_proto: onnx.ModelProto, sites: list[ShiftSite], seed: int,
-            n_samples: int, edge: str) -> list[ShiftSite]:
+            n_samples: int, context: Callable[[list[ShiftSite]], RewriteContext], target: str) -> list[ShiftSite]:
     """Sites that make the whole model differ (assuming sites fail independently)."""
 
     def ok(subset: list[ShiftSite]) -> bool:
-        rewritten, _, _ = _rewrite(work_proto, subset, edge=edge, layout=False)
+        rewritten, _ = _rewrite(work_proto, context(subset), layout=False, target=target)
         return compare_models(original, rewritten, n_samples=n_samples, seed=seed).passed
 
     bad: list[ShiftSite] = []

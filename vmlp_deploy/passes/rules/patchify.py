@@ -1,4 +1,4 @@
-"""Rewrite rule: a patch-embedding Conv read back channels-last becomes space-to-depth + MatMul (``--target cpu``).
+"""Rule (``cpu``): a patch-embedding Conv read back channels-last becomes space-to-depth + MatMul.
 
 Pattern: ``Transpose(Conv(x, W, b), (0, 2, 3, 1))`` where the Conv cuts non-overlapping patches (kernel ==
 stride, no padding, no dilation, one group) and its input, when it is ``Transpose(z, (0, 3, 1, 2))`` of a
@@ -17,63 +17,78 @@ OpenVINO f32 0.77 -> 0.63 of the naive graph's latency, bf16 0.57 -> 0.51, ONNX 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_ir as ir
 
-from ._graph import static_shape, used_names
-from .layout import _const
-from .shift_to_conv import _Builder
-from .transpose_cleanup import _perm, _replace_value
+from .._graph import Builder, const_array, perm_of, replace_value, static_shape
+from ..rule import Decline, NodeRule
 
 _TO_LAST = [0, 2, 3, 1]
 _TO_FIRST = [0, 3, 1, 2]
 
 
-def _patch_conv(node: ir.Node) -> tuple[int, int] | None:
-    """(kh, kw) when ``node`` is a 2-D Conv over non-overlapping patches with constant weights."""
-    if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
-        return None
-    weight = _const(node.inputs[1])
+def _patch_kernel(node: ir.Node) -> tuple[int, int] | str:
+    """(kh, kw) when ``node`` is a 2-D Conv over non-overlapping patches with constant weights, else why not."""
+    if len(node.inputs) < 2:
+        return "no weight input"
+    weight = const_array(node.inputs[1])
     if weight is None or weight.ndim != 4:
-        return None
+        return "weight is not a constant 2-D kernel"
     kernel = tuple(weight.shape[2:])
     attrs = node.attributes
     if attrs.get_int("group", 1) != 1 or attrs.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        return None
+        return "grouped or auto-padded"
     strides = tuple(attrs.get_ints("strides", [1, 1]))
     if strides != kernel or kernel == (1, 1) or any(attrs.get_ints("pads", [0] * 4)):
-        return None
+        return "patches overlap, are 1x1, or are padded"
     if any(d != 1 for d in attrs.get_ints("dilations", [1, 1])):
-        return None
-    if len(node.inputs) > 2 and node.inputs[2] is not None and _const(node.inputs[2]) is None:
-        return None
+        return "dilated"
+    if len(node.inputs) > 2 and node.inputs[2] is not None and const_array(node.inputs[2]) is None:
+        return "bias is not a constant"
     return kernel
 
 
-def patchify(model: ir.Model) -> int:
-    """Apply the rule everywhere it matches (in place); returns how many Convs were rewritten."""
-    graph = model.graph
-    b = _Builder(graph, "patchify", used_names(graph))
-    done = 0
-    for node in list(graph):
-        kernel = _patch_conv(node)
-        if kernel is None or node.graph is None:
-            continue
+@dataclass(frozen=True)
+class _Match:
+    conv: ir.Node
+    transpose: ir.Node
+    kernel: tuple[int, int]
+    x_shape: tuple[int, ...]
+
+
+class PatchConvToMatMul(NodeRule):
+    name = "patch-conv-to-matmul"
+    summary = "patch-embedding Conv read back channels-last -> space-to-depth + MatMul"
+    anchors = frozenset({"Conv"})
+    prefix = "patchify"
+
+    def match(self, node: ir.Node) -> _Match | Decline:
+        kernel = _patch_kernel(node)
+        if isinstance(kernel, str):
+            return Decline(kernel)
         out = node.outputs[0]
         uses = out.uses()
         if out.is_graph_output() or len(uses) != 1:
-            continue
+            return Decline("output is a graph output or has several readers")
         transpose = uses[0][0]
         x_shape = static_shape(node.inputs[0])
-        if transpose.op_type != "Transpose" or _perm(transpose, 4) != _TO_LAST or x_shape is None:
-            continue
-        (kh, kw), (n, c, h, w) = kernel, x_shape
-        if h % kh or w % kw:
-            continue
-        weight = _const(node.inputs[1])
+        if transpose.op_type != "Transpose" or perm_of(transpose, 4) != _TO_LAST:
+            return Decline("not read back channels-last")
+        if x_shape is None:
+            return Decline("input shape not static")
+        if x_shape[2] % kernel[0] or x_shape[3] % kernel[1]:
+            return Decline("image not a whole number of patches")
+        return _Match(node, transpose, kernel, x_shape)
+
+    def apply(self, b: Builder, m: _Match) -> None:
+        node, out = m.conv, m.conv.outputs[0]
+        (kh, kw), (n, c, h, w) = m.kernel, m.x_shape
+        weight = const_array(node.inputs[1])
         kernel_matrix = np.ascontiguousarray(weight.transpose(2, 3, 1, 0).reshape(kh * kw * c, weight.shape[0]))
         producer = node.inputs[0].producer()
-        if producer is not None and producer.op_type == "Transpose" and _perm(producer, 4) == _TO_FIRST:
+        if producer is not None and producer.op_type == "Transpose" and perm_of(producer, 4) == _TO_FIRST:
             source, patches, order = producer.inputs[0], [n, h // kh, kh, w // kw, kw, c], [0, 1, 3, 2, 4, 5]
         else:
             source, patches, order = node.inputs[0], [n, c, h // kh, kh, w // kw, kw], [0, 2, 4, 3, 5, 1]
@@ -83,11 +98,9 @@ def patchify(model: ir.Model) -> int:
         cur = b.op("Reshape", [cur, b.const(np.array(rows, np.int64), "rows_shape")], "rows")
         cur = b.op("MatMul", [cur, b.const(kernel_matrix.astype(weight.dtype), "weight")], "matmul")
         if len(node.inputs) > 2 and node.inputs[2] is not None:
-            cur = b.op("Add", [cur, b.const(_const(node.inputs[2]).astype(weight.dtype), "bias")], "bias_add")
+            cur = b.op("Add", [cur, b.const(const_array(node.inputs[2]).astype(weight.dtype), "bias")], "bias_add")
         for new in b.nodes:
             new.outputs[0].type = out.type
-        cur.shape = transpose.outputs[0].shape
+        cur.shape = m.transpose.outputs[0].shape
         b.insert_before(node)
-        _replace_value(graph, transpose.outputs[0], cur)
-        done += 1
-    return done
+        replace_value(b.graph, m.transpose.outputs[0], cur)

@@ -13,7 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 from vmlp_deploy.onnx_io import cpu_session, op_histogram
 from vmlp_deploy.passes import optimize_model
 from vmlp_deploy.passes._graph import infer_shapes
-from vmlp_deploy.passes.channels_first import lower_group_views, to_channels_first
+from vmlp_deploy.passes.pipeline import channels_first_counts
+from vmlp_deploy.passes.rule import apply_phases
+from vmlp_deploy.passes.rule_sets import CHANNELS_FIRST, GROUP_VIEWS
 from vmlp_deploy.passes.npu import npu_report
 
 
@@ -27,10 +29,8 @@ def _model(nodes, inits, x_shape, y_shape, opset: int = 18) -> onnx.ModelProto:
 
 
 def _lower(model: onnx.ModelProto):
-    work = infer_shapes(model)
-    stats = to_channels_first(work)
-    work = infer_shapes(ir.serde.serialize_model(work))
-    stats.group_views = lower_group_views(work)
+    work, report = apply_phases(infer_shapes(model), [CHANNELS_FIRST, GROUP_VIEWS])
+    stats = channels_first_counts(report)
     work.graph.sort()
     out = ir.serde.serialize_model(work)
     onnx.checker.check_model(out, full_check=True)
@@ -79,7 +79,7 @@ def test_block_runs_channels_first_and_matches(c: int, h: int, w: int, opset: in
     lowered, stats = _lower(model)
     _assert_same(model, lowered, (1, c, h, w))
     ops = op_histogram(lowered)
-    assert stats.layernorms == 1 and stats.linears_to_conv == 2
+    assert stats["layernorms"] == 1 and stats["linears_to_conv"] == 2
     assert ops.get("Conv") == 2 and "MatMul" not in ops and "Gemm" not in ops and "LayerNormalization" not in ops
     assert ops.get("Transpose") == 1  # the graph output is channels-last: put back once, at the very end
     assert lowered.graph.node[-1].op_type == "Transpose"
@@ -101,13 +101,13 @@ def test_split_attention_group_view_runs_on_the_4d_tensor() -> None:
     model = _model(nodes, inits, [1, k * c, h, w], [1, c, h, w])
     lowered, stats = _lower(model)
     _assert_same(model, lowered, (1, k * c, h, w))
-    assert stats.group_views == 1
+    assert stats["group_views"] == 1
     ranks = {len(v.type.tensor_type.shape.dim) for v in onnx.shape_inference.infer_shapes(lowered).graph.value_info
              if v.type.tensor_type.shape.dim[-1].dim_value == w}
     assert ranks == {4}  # nothing of size H x W is 5-D any more
     assert op_histogram(lowered)["Split"] == 1 and "Slice" not in op_histogram(lowered)
     again, again_stats = _lower(lowered)  # what the lowering leaves (a 1x1-position view) is left alone
-    assert again_stats.group_views == 0 and op_histogram(again) == op_histogram(lowered)
+    assert again_stats["group_views"] == 0 and op_histogram(again) == op_histogram(lowered)
 
 
 def test_op_it_cannot_take_gets_the_transpose_back_once() -> None:
@@ -121,7 +121,7 @@ def test_op_it_cannot_take_gets_the_transpose_back_once() -> None:
     model = _model(nodes, inits, [1, 3, 4, 5], [1, 4, 5, 6])
     lowered, stats = _lower(model)
     _assert_same(model, lowered, (1, 3, 4, 5))
-    assert op_histogram(lowered).get("Transpose") == 1 and stats.transposes_restored == 1
+    assert op_histogram(lowered).get("Transpose") == 1 and stats["transposes_restored"] == 1
 
 
 def test_graph_without_channels_last_transposes_is_left_alone() -> None:

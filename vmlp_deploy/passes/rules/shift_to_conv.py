@@ -24,23 +24,25 @@ import dataclasses
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from ._graph import FLOAT_DTYPES, can_raise_opset, make_session, static_shape, used_names
-from .probe import probe_region
-from .regions import SHIFT_MARKER_OPS, ConstInfo, Region, RegionFinder, analyse_constants, region_model
-from .shift_fit import ShiftPlan, channel_axis_hint, fit_shift, layout_ops
+from ...onnx_io import cpu_session
+from .._graph import FLOAT_DTYPES, Builder, can_raise_opset, static_shape
+from ..probe import probe_region
+from ..regions import SHIFT_MARKER_OPS, ConstInfo, Region, RegionFinder, analyse_constants, region_model
+from ..rule import Decline, GraphRule, RewriteContext
+from ..shift_fit import ShiftPlan, channel_axis_hint, fit_shift, layout_ops
 
 __all__ = [
     "RewriteRolledBack",
     "ShiftPlan",
     "ShiftSite",
     "SkippedRegion",
-    "apply_shift_sites",
+    "ShiftToConv",
     "check_site",
     "emit",
     "find_shift_sites",
@@ -69,49 +71,7 @@ class RewriteRolledBack(UserWarning):
 # Emission: ShiftPlan -> nodes
 
 
-class _Builder:
-    """Appends nodes and initializers to a graph under unique names."""
-
-    def __init__(self, graph: ir.Graph, prefix: str, taken: set[str]):
-        self.graph = graph
-        self.prefix = prefix
-        self.taken = taken
-        self.nodes: list[ir.Node] = []
-
-    def name(self, hint: str) -> str:
-        base = f"{self.prefix}/{hint}"
-        name, i = base, 1
-        while name in self.taken:
-            name, i = f"{base}_{i}", i + 1
-        self.taken.add(name)
-        return name
-
-    def const(self, array: np.ndarray, hint: str) -> ir.Value:
-        name = self.name(hint)
-        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-        value.shape = ir.Shape(array.shape)
-        value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
-        self.graph.register_initializer(value)
-        return value
-
-    def insert_before(self, anchor: ir.Node) -> None:
-        """Put the nodes built so far into the graph before ``anchor``, and start a new batch."""
-        self.graph.insert_before(anchor, self.nodes)
-        self.nodes = []
-
-    def insert_after(self, anchor: ir.Node) -> None:
-        """Put the nodes built so far into the graph after ``anchor``, and start a new batch."""
-        self.graph.insert_after(anchor, self.nodes)
-        self.nodes = []
-
-    def op(self, op_type: str, inputs: Sequence[ir.Value], hint: str, **attrs) -> ir.Value:
-        node = ir.node(op_type, list(inputs), attrs, name=self.name(hint))
-        node.outputs[0].name = self.name(f"{hint}_out")
-        self.nodes.append(node)
-        return node.outputs[0]
-
-
-def _pad(b: _Builder, cur: ir.Value, mode: str, pads_hw: tuple[int, int, int, int], fill, opset: int, dtype):
+def _pad(b: Builder, cur: ir.Value, mode: str, pads_hw: tuple[int, int, int, int], fill, opset: int, dtype):
     """Pad (N, C, H, W) by (top, left, bottom, right) with one border rule."""
     top, left, bottom, right = pads_hw
     if not any(pads_hw):
@@ -172,7 +132,7 @@ def emit(graph: ir.Graph, x: ir.Value, plan: ShiftPlan, *, opset: int, prefix: s
     if edge not in EDGE_MODES:
         raise ValueError(f"edge must be one of {EDGE_MODES}, not {edge!r}")
     dtype = x.dtype.numpy() if x.dtype is not None else np.dtype(np.float32)
-    b = _Builder(graph, prefix, taken if taken is not None else set())
+    b = Builder(graph, prefix, taken if taken is not None else set())
     n, _, h, w = plan.nchw
     cur = x
     if plan.x_perm != tuple(range(len(plan.x_perm))):
@@ -324,7 +284,8 @@ def check_site(region_proto: onnx.ModelProto, plan: ShiftPlan, x_name: str, x_dt
     """Run region and replacement on random inputs; (equal within round-off, max abs diff)."""
     replacement = replacement_model(plan, x_name, x_dtype, opset_imports=opset_imports, ir_version=ir_version,
                                     edge=edge)
-    sess_a, sess_b = make_session(region_proto), make_session(replacement)
+    sess_a = cpu_session(region_proto, threads=1, optimize=False)
+    sess_b = cpu_session(replacement, threads=1, optimize=False)
     rng = np.random.default_rng(seed)
     worst = 0.0
     for _ in range(2):
@@ -431,31 +392,53 @@ def emission_opset(model: ir.Model) -> int:
     return 19 if opset < 19 and can_raise_opset(model, 19) else opset
 
 
-def apply_shift_sites(model: ir.Model, sites: Sequence[ShiftSite], *, edge: str = EDGE_DEFAULT) -> int:
-    """Replace each site's output in ``model`` (found by value name); returns how many were applied.
+class ShiftToConv(GraphRule):
+    """The probe-based rule: ``find`` proves regions to be shifts (:func:`find_shift_sites`, each replacement
+    checked alone), ``rewrite`` replaces one site. When the context already holds sites (the pipeline found
+    them once and bisects over subsets), those are applied."""
 
-    Raises the model's default opset to 19 when a circular site needs ``Pad(mode=wrap)`` and that is
-    safe (:func:`can_raise_opset`); otherwise circular padding is built from Slice + Concat.
-    Dead nodes are left for :class:`onnx_ir.passes.common.RemoveUnusedNodesPass`.
-    """
-    graph = model.graph
-    opset = model.opset_imports.get("", 0)
-    if opset < 19 and any("wrap" in (s.plan.mode_h, s.plan.mode_w) for s in sites):
-        target = emission_opset(model)
-        if target > opset:
-            model.opset_imports[""] = opset = target
-            model.ir_version = max(model.ir_version or 0, 9)
-    values: dict[str, ir.Value] = {v.name: v for v in graph.inputs}
-    values.update({v.name: v for v in graph.initializers.values()})
-    for node in graph:
-        values.update({v.name: v for v in node.outputs if v.name})
-    taken = used_names(graph)
-    applied = 0
-    for k, site in enumerate(sites):
-        x, y = values.get(site.x_name), values.get(site.y_name)
+    name = "shift-to-conv"
+    summary = "a region that only shifts channels -> Pad + depthwise Conv (probed, fitted, checked)"
+
+    def find(self, model: ir.Model) -> Iterator[ShiftSite | Decline]:
+        ctx = self.context
+        if ctx.sites is None:
+            ctx.sites, ctx.skipped, rolled_back = find_shift_sites(
+                model, max_shift=ctx.max_shift, seed=ctx.seed, check=ctx.check, progress=ctx.progress, edge=ctx.edge)
+            ctx.rolled_back.extend(rolled_back)
+        for skipped in ctx.skipped:
+            yield Decline(skipped.reason)
+        sites = list(ctx.sites)
+        self._raise_opset(model, sites)
+        graph = model.graph
+        self.values: dict[str, ir.Value] = {v.name: v for v in graph.inputs}
+        self.values.update({v.name: v for v in graph.initializers.values()})
+        for node in graph:
+            self.values.update({v.name: v for v in node.outputs if v.name})
+        self.builder = Builder(graph)
+        for k, site in enumerate(sites):
+            self.index = k
+            yield site
+
+    @staticmethod
+    def _raise_opset(model: ir.Model, sites: Sequence[ShiftSite]) -> None:
+        """Opset 19 when a circular site needs ``Pad(mode=wrap)`` and raising is safe (:func:`can_raise_opset`);
+        otherwise circular padding is built from Slice + Concat."""
+        opset = model.opset_imports.get("", 0)
+        if opset < 19 and any("wrap" in (s.plan.mode_h, s.plan.mode_w) for s in sites):
+            target = emission_opset(model)
+            if target > opset:
+                model.opset_imports[""] = target
+                model.ir_version = max(model.ir_version or 0, 9)
+
+    def rewrite(self, model: ir.Model, site: ShiftSite) -> Decline | None:
+        """Replace the site's output (found by value name); dead nodes are left for the driver to remove."""
+        graph, k = model.graph, self.index
+        x, y = self.values.get(site.x_name), self.values.get(site.y_name)
         if x is None or y is None or y.producer() is None:
-            continue
-        new_y, nodes = emit(graph, x, site.plan, opset=opset, prefix=f"shift{k}", taken=taken, edge=edge)
+            return Decline("site no longer in the graph")
+        new_y, nodes = emit(graph, x, site.plan, opset=model.opset_imports.get("", 0), prefix=f"shift{k}",
+                            taken=self.builder.taken, edge=self.context.edge)
         if y.is_graph_output() and (new_y is x or new_y.is_graph_output() or new_y.is_graph_input()):
             node = ir.node("Identity", [new_y], name=f"shift{k}/identity")
             nodes.append(node)
@@ -467,5 +450,4 @@ def apply_shift_sites(model: ir.Model, sites: Sequence[ShiftSite], *, edge: str 
             new_y.name = name
             new_y.type, new_y.shape = y.type, y.shape
         ir.convenience.replace_all_uses_with(y, new_y, replace_graph_outputs=True)
-        applied += 1
-    return applied
+        return None

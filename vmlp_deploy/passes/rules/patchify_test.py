@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from vmlp_deploy.onnx_io import cpu_session, op_histogram
 from vmlp_deploy.passes._graph import infer_shapes
-from vmlp_deploy.passes.patchify import patchify
+from vmlp_deploy.passes.rule import apply_phases
+from vmlp_deploy.passes.rule_sets import PATCHIFY
 
 
 def _graph(c: int, k: int, stride: int, h: int, w: int, from_channels_last: bool, bias: bool = True):
@@ -38,9 +38,8 @@ def _graph(c: int, k: int, stride: int, h: int, w: int, from_channels_last: bool
 
 
 def _apply(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    work = infer_shapes(model)
-    done = patchify(work)
-    common_passes.RemoveUnusedNodesPass()(work)
+    work, report = apply_phases(infer_shapes(model), [PATCHIFY])
+    done = report.fired("patch-conv-to-matmul")
     out = ir.serde.serialize_model(work)
     onnx.checker.check_model(out, full_check=True)
     return out, done
