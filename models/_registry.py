@@ -1,6 +1,8 @@
 """Variant registry: one source of truth per zoo variant (architecture, data recipe, paper figures).
 
-Mirrors timm's habits: variants are data, one builder per family, ``create_model(name, **overrides)``.
+Mirrors timm's habits: variants are data, one builder per family, ``create_model(name, **overrides)``. Every
+family file declares one ``Family`` and a ``VARIANTS: dict[str, VariantSpec]`` table and calls
+``register_family(FAMILY, VARIANTS)``.
 The data recipe (input size, mean/std, crop, interpolation) is what export writes into the ONNX metadata
 and what calibration preprocessing reads back, so it lives here beside the architecture.
 """
@@ -80,24 +82,65 @@ class ResolvedCfg:
         return self.data.input_size
 
 
+@dataclass(frozen=True)
+class VariantSpec:
+    """One row of a family's ``VARIANTS`` table: what differs between the variants of one family."""
+
+    arch: Mapping[str, Any]
+    paper: Paper
+    data: DataCfg = field(default_factory=DataCfg)
+    timm_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Family:
+    """What every variant of one family shares; ``register_family`` pairs it with the family's ``VARIANTS``.
+
+    ``default`` is the variant the family's name (and each of ``aliases``) stands for wherever a model name is
+    accepted; ``input_divisor`` and ``min_input_size`` hold for every variant at its default architecture.
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    default: str
+    tiny: Mapping[str, Any]
+    aliases: tuple[str, ...] = ()
+    fixed_input_size: bool = False
+    input_divisor: int = 1
+    min_input_size: int = 1
+    checkpoint_filter: Callable[[StateDict], StateDict] | None = None
+
+
 _REGISTRY: dict[str, Variant] = {}
 #: family name (and short aliases such as ``mixer``) -> the family's default variant
 _FAMILY_DEFAULTS: dict[str, str] = {}
 
 
-def register(variant: Variant) -> Variant:
-    if variant.name in _REGISTRY:
-        raise ValueError(f"model variant {variant.name!r} is registered twice")
-    _REGISTRY[variant.name] = variant
-    return variant
-
-
-def register_family(family: str, default: str, *aliases: str) -> None:
-    """Let the family's name (and ``aliases``) stand for ``default`` wherever a model name is accepted."""
-    for name in (family, *aliases):
+def register_family(family: Family, variants: Mapping[str, VariantSpec]) -> None:
+    """Register every row of ``variants`` as a ``Variant`` of ``family``, then its name and aliases."""
+    if family.default not in variants:
+        raise ValueError(f"family {family.name!r}: default variant {family.default!r} is not in its table")
+    for name, spec in variants.items():
+        if name in _REGISTRY:
+            raise ValueError(f"model variant {name!r} is registered twice")
+        _REGISTRY[name] = Variant(
+            name=name,
+            family=family.name,
+            builder=family.builder,
+            arch=spec.arch,
+            paper=spec.paper,
+            data=spec.data,
+            fixed_input_size=family.fixed_input_size,
+            input_divisor=family.input_divisor,
+            min_input_size=family.min_input_size,
+            tiny=family.tiny,
+            checkpoint_filter=family.checkpoint_filter,
+            timm_name=spec.timm_name,
+        )
+    for name in (family.name, *family.aliases):
         if name in _REGISTRY or name in _FAMILY_DEFAULTS:
             raise ValueError(f"family name {name!r} is already taken")
-        _FAMILY_DEFAULTS[name] = default
+        _FAMILY_DEFAULTS[name] = family.default
 
 
 def family_defaults() -> dict[str, str]:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import Mlp, init_weights
-from ._registry import DataCfg, Paper, StateDict, Variant, register, register_family
+from ._layers import Mlp, PooledClassifierHead, StagedConvClassifier, init_weights
+from ._registry import Family, Paper, StateDict, VariantSpec, register_family
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -66,19 +66,7 @@ class ConvNeXtStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class ClassifierHead(nn.Module):
-    """Global average pool, LayerNorm over channels (eps 1e-6), Linear: the pool-then-norm order of the FB weights."""
-
-    def __init__(self, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.fc = nn.Linear(dim, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.norm(F.adaptive_avg_pool2d(x, 1).flatten(1)))
-
-
-class ConvNeXt(nn.Module):
+class ConvNeXt(StagedConvClassifier):
     """ConvNeXt. Input sides should be multiples of 32 (4x4 and 2x2 non-overlapping patch convolutions)."""
 
     def __init__(
@@ -100,20 +88,8 @@ class ConvNeXt(nn.Module):
                 for i in range(len(depths))
             ]
         )
-        self.head = ClassifierHead(dims[-1], num_classes)
+        self.head = PooledClassifierHead(dims[-1], num_classes)
         init_weights(self)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.stages(self.stem(x))
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head.fc
 
 
 def checkpoint_filter(state_dict: StateDict) -> StateDict:
@@ -146,33 +122,34 @@ def checkpoint_filter(state_dict: StateDict) -> StateDict:
     return out
 
 
+FAMILY = Family(
+    name="convnext",
+    builder=ConvNeXt,
+    default="convnext_tiny",  # what `vmlp-deploy export --model convnext` builds
+    tiny={"depths": (2, 1, 2, 1), "dims": (16, 24, 32, 48), "img_size": 32, "num_classes": 10},
+    input_divisor=32,
+    min_input_size=32,
+    checkpoint_filter=checkpoint_filter,
+)
+
 _SOURCE = "facebookresearch/ConvNeXt README (arXiv 2201.03545); fvcore FLOPs = MACs"
 
-# name -> (arch, (params M, GMACs, top-1) as printed)
-_VARIANTS: dict[str, tuple[dict, tuple[float, float, float]]] = {
-    "convnext_tiny": ({"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)}, (28, 4.5, 82.1)),
-    "convnext_small": ({"depths": (3, 3, 27, 3), "dims": (96, 192, 384, 768)}, (50, 8.7, 83.1)),
-    "convnext_base": ({"depths": (3, 3, 27, 3), "dims": (128, 256, 512, 1024)}, (89, 15.4, 83.8)),
+VARIANTS: dict[str, VariantSpec] = {
+    "convnext_tiny": VariantSpec(
+        arch={"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)},
+        paper=Paper(params_m=28, macs_g=4.5, top1=82.1, source=_SOURCE),
+        timm_name="convnext_tiny.fb_in1k",
+    ),
+    "convnext_small": VariantSpec(
+        arch={"depths": (3, 3, 27, 3), "dims": (96, 192, 384, 768)},
+        paper=Paper(params_m=50, macs_g=8.7, top1=83.1, source=_SOURCE),
+        timm_name="convnext_small.fb_in1k",
+    ),
+    "convnext_base": VariantSpec(
+        arch={"depths": (3, 3, 27, 3), "dims": (128, 256, 512, 1024)},
+        paper=Paper(params_m=89, macs_g=15.4, top1=83.8, source=_SOURCE),
+        timm_name="convnext_base.fb_in1k",
+    ),
 }
 
-_TINY = {"depths": (2, 1, 2, 1), "dims": (16, 24, 32, 48), "img_size": 32, "num_classes": 10}
-
-for _name, (_arch, (_params, _macs, _top1)) in _VARIANTS.items():
-    register(
-        Variant(
-            name=_name,
-            family="convnext",
-            builder=ConvNeXt,
-            arch=_arch,
-            paper=Paper(params_m=_params, macs_g=_macs, top1=_top1, source=_SOURCE),
-            data=DataCfg(crop_pct=0.875, interpolation="bicubic"),
-            input_divisor=32,
-            min_input_size=32,
-            tiny=_TINY,
-            checkpoint_filter=checkpoint_filter,
-            timm_name=f"{_name}.fb_in1k",
-        )
-    )
-
-#: `vmlp-deploy export --model convnext` builds this variant.
-register_family("convnext", "convnext_tiny")
+register_family(FAMILY, VARIANTS)

@@ -8,13 +8,10 @@ The gate's token Linear spans (H/p)*(W/p) tokens, so a built model accepts one i
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
-from ._layers import init_weights
-from ._registry import DataCfg, Paper, Variant, register, register_family
-from .mlp_mixer import PatchEmbed
+from ._layers import TokenSequenceClassifier
+from ._registry import DataCfg, Family, Paper, VariantSpec, register_family
 
 
 class SpatialGatingUnit(nn.Module):
@@ -67,7 +64,7 @@ class SpatialGatingBlock(nn.Module):
         return x + self.mlp_channels(self.norm(x))
 
 
-class GMlp(nn.Module):
+class GMlp(TokenSequenceClassifier):
     """Patch stem, ``num_blocks`` gMLP blocks, LayerNorm, global average over tokens, linear classifier."""
 
     def __init__(
@@ -80,68 +77,52 @@ class GMlp(nn.Module):
         embed_dim: int = 256,
         ffn_dim: int = 1536,
     ) -> None:
-        super().__init__()
-        self.num_features = embed_dim
-        self.stem = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        seq_len = self.stem.num_patches
-        self.blocks = nn.Sequential(*[SpatialGatingBlock(embed_dim, ffn_dim, seq_len) for _ in range(num_blocks)])
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.head = nn.Linear(embed_dim, num_classes)
-        init_weights(self)
+        super().__init__(
+            img_size, patch_size, in_chans, embed_dim, num_classes, num_blocks,
+            block=lambda seq_len: SpatialGatingBlock(embed_dim, ffn_dim, seq_len),
+            norm=lambda dim: nn.LayerNorm(dim, eps=1e-6),
+        )
         for module in self.modules():
             if isinstance(module, SpatialGatingUnit):
                 module.init_weights()
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.norm(self.blocks(self.stem(x)))
 
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.head(x.mean(dim=1))
+#: Every variant tiles the image into 16x16 patches, so every input side must be a multiple of 16.
+PATCH_SIZE = 16
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
-
+FAMILY = Family(
+    name="gmlp",
+    builder=GMlp,
+    default="gmlp_s16_224",  # what `vmlp-deploy export --model gmlp` builds
+    tiny={"img_size": 64, "num_blocks": 2, "embed_dim": 16, "ffn_dim": 48, "num_classes": 10},
+    fixed_input_size=True,
+    input_divisor=PATCH_SIZE,
+    min_input_size=PATCH_SIZE,
+)
 
 # timm's default_cfg for gMLP keeps the Mixer default mean/std of 0.5 (what gmlp_s16_224.ra3_in1k expects).
-_GMLP_DATA = DataCfg(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875, interpolation="bicubic")
-_TINY = {"img_size": 64, "num_blocks": 2, "embed_dim": 16, "ffn_dim": 48, "num_classes": 10}
+_DATA = DataCfg(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875, interpolation="bicubic")
 _SOURCE = "arXiv 2105.08050v2 Tab. 1 & 2 (MACs = MAdds)"
 
-_VARIANTS: dict[str, tuple[dict[str, Any], Paper]] = {
-    "gmlp_ti16_224": (
-        {"patch_size": 16, "num_blocks": 30, "embed_dim": 128, "ffn_dim": 768},
-        Paper(params_m=5.9, macs_g=1.4, top1=72.3, source=_SOURCE),
+VARIANTS: dict[str, VariantSpec] = {
+    "gmlp_ti16_224": VariantSpec(
+        arch={"patch_size": PATCH_SIZE, "num_blocks": 30, "embed_dim": 128, "ffn_dim": 768},
+        paper=Paper(params_m=5.9, macs_g=1.4, top1=72.3, source=_SOURCE),
+        data=_DATA,
+        timm_name="gmlp_ti16_224",
     ),
-    "gmlp_s16_224": (
-        {"patch_size": 16, "num_blocks": 30, "embed_dim": 256, "ffn_dim": 1536},
-        Paper(params_m=19.5, macs_g=4.5, top1=79.6, source=_SOURCE),
+    "gmlp_s16_224": VariantSpec(
+        arch={"patch_size": PATCH_SIZE, "num_blocks": 30, "embed_dim": 256, "ffn_dim": 1536},
+        paper=Paper(params_m=19.5, macs_g=4.5, top1=79.6, source=_SOURCE),
+        data=_DATA,
+        timm_name="gmlp_s16_224",
     ),
-    "gmlp_b16_224": (
-        {"patch_size": 16, "num_blocks": 30, "embed_dim": 512, "ffn_dim": 3072},
-        Paper(params_m=73.4, macs_g=15.8, top1=81.6, source=_SOURCE),
+    "gmlp_b16_224": VariantSpec(
+        arch={"patch_size": PATCH_SIZE, "num_blocks": 30, "embed_dim": 512, "ffn_dim": 3072},
+        paper=Paper(params_m=73.4, macs_g=15.8, top1=81.6, source=_SOURCE),
+        data=_DATA,
+        timm_name="gmlp_b16_224",
     ),
 }
 
-for _name, (_arch, _paper) in _VARIANTS.items():
-    register(
-        Variant(
-            name=_name,
-            family="gmlp",
-            builder=GMlp,
-            arch=_arch,
-            paper=_paper,
-            data=_GMLP_DATA,
-            fixed_input_size=True,
-            input_divisor=_arch["patch_size"],
-            min_input_size=_arch["patch_size"],
-            tiny=_TINY,
-            checkpoint_filter=None,
-            timm_name=_name,
-        )
-    )
-
-#: `vmlp-deploy export --model gmlp` builds this variant.
-register_family("gmlp", "gmlp_s16_224")
+register_family(FAMILY, VARIANTS)

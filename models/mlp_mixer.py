@@ -13,35 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._layers import Mlp, init_weights
-from ._registry import DataCfg, Paper, StateDict, Variant, register, register_family
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping p x p patch projection to a (B, N, C) token sequence, for one fixed image size.
-
-    Shared by Mixer, ResMLP and gMLP: their token-mixing Linear spans exactly ``num_patches`` tokens, so
-    the stem is also where a wrong input size is reported, before it surfaces as an opaque matmul error.
-    """
-
-    def __init__(self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
-        super().__init__()
-        if img_size[0] % patch_size or img_size[1] % patch_size:
-            raise ValueError(f"img_size {img_size[0]}x{img_size[1]} is not divisible by patch_size {patch_size}")
-        self.img_size = (int(img_size[0]), int(img_size[1]))
-        self.num_patches = (img_size[0] // patch_size) * (img_size[1] // patch_size)
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        # A trace is specialised to its example's size anyway; checking there would only warn about it.
-        if not torch.jit.is_tracing() and tuple(x.shape[-2:]) != self.img_size:
-            h, w = x.shape[-2:]
-            raise ValueError(
-                f"this model was built for {self.img_size[0]}x{self.img_size[1]} inputs (its token-mixing Linear "
-                f"spans {self.num_patches} tokens) but got {h}x{w}: resize the input, or rebuild with "
-                f"img_size=({h}, {w}) (trained token weights do not fit another size)"
-            )
-        return self.proj(x).flatten(2).transpose(1, 2)
+from ._layers import Mlp, TokenSequenceClassifier
+from ._registry import DataCfg, Family, Paper, StateDict, VariantSpec, register_family
 
 
 class MixerBlock(nn.Module):
@@ -59,7 +32,7 @@ class MixerBlock(nn.Module):
         return x + self.mlp_channels(self.norm2(x))
 
 
-class MlpMixer(nn.Module):
+class MlpMixer(TokenSequenceClassifier):
     """Patch stem, ``num_blocks`` Mixer blocks, LayerNorm, global average over tokens, linear classifier."""
 
     def __init__(
@@ -73,28 +46,11 @@ class MlpMixer(nn.Module):
         tokens_mlp_dim: int = 256,
         channels_mlp_dim: int = 2048,
     ) -> None:
-        super().__init__()
-        self.num_features = embed_dim
-        self.stem = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        seq_len = self.stem.num_patches
-        self.blocks = nn.Sequential(
-            *[MixerBlock(embed_dim, seq_len, tokens_mlp_dim, channels_mlp_dim) for _ in range(num_blocks)]
+        super().__init__(
+            img_size, patch_size, in_chans, embed_dim, num_classes, num_blocks,
+            block=lambda seq_len: MixerBlock(embed_dim, seq_len, tokens_mlp_dim, channels_mlp_dim),
+            norm=lambda dim: nn.LayerNorm(dim, eps=1e-6),
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.head = nn.Linear(embed_dim, num_classes)
-        init_weights(self)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.norm(self.blocks(self.stem(x)))
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.head(x.mean(dim=1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
 
 
 _JAX_BLOCK_MODULES = {
@@ -158,55 +114,47 @@ def checkpoint_filter(state_dict: StateDict) -> StateDict:
     return out
 
 
-_MIXER_DATA = DataCfg(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875, interpolation="bicubic")
-_TINY = {
-    "img_size": 64,
-    "num_blocks": 2,
-    "embed_dim": 32,
-    "tokens_mlp_dim": 8,
-    "channels_mlp_dim": 64,
-    "num_classes": 10,
-}
+#: Every variant tiles the image into 16x16 patches, so every input side must be a multiple of 16.
+PATCH_SIZE = 16
 
-_VARIANTS: dict[str, tuple[dict[str, Any], Paper]] = {
-    "mixer_s16_224": (
-        {"patch_size": 16, "num_blocks": 8, "embed_dim": 512, "tokens_mlp_dim": 256, "channels_mlp_dim": 2048},
-        Paper(
+FAMILY = Family(
+    name="mlp_mixer",
+    builder=MlpMixer,
+    default="mixer_s16_224",  # what `vmlp-deploy export --model mixer` builds
+    aliases=("mixer",),
+    tiny=dict(img_size=64, num_blocks=2, embed_dim=32, tokens_mlp_dim=8, channels_mlp_dim=64, num_classes=10),
+    fixed_input_size=True,
+    input_divisor=PATCH_SIZE,
+    min_input_size=PATCH_SIZE,
+    checkpoint_filter=checkpoint_filter,
+)
+
+_DATA = DataCfg(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875, interpolation="bicubic")
+
+VARIANTS: dict[str, VariantSpec] = {
+    "mixer_s16_224": VariantSpec(
+        arch=dict(patch_size=PATCH_SIZE, num_blocks=8, embed_dim=512, tokens_mlp_dim=256, channels_mlp_dim=2048),
+        paper=Paper(
             params_m=18.53,
             macs_g=3.79,
             top1=None,
             source="timm mixer_s16_224",
             note="Mixer paper table not read; figures are timm's. No ImageNet-1k-only top-1 found.",
         ),
+        data=_DATA,
+        timm_name="mixer_s16_224",
     ),
-    "mixer_b16_224": (
-        {"patch_size": 16, "num_blocks": 12, "embed_dim": 768, "tokens_mlp_dim": 384, "channels_mlp_dim": 3072},
-        Paper(
+    "mixer_b16_224": VariantSpec(
+        arch=dict(patch_size=PATCH_SIZE, num_blocks=12, embed_dim=768, tokens_mlp_dim=384, channels_mlp_dim=3072),
+        paper=Paper(
             params_m=59,
             macs_g=12.7,
             top1=76.44,
             source="arXiv 2105.08050v2 Tab. 2 (params, MAdds); top-1 as cited in arXiv 2106.07477 §1",
         ),
+        data=_DATA,
+        timm_name="mixer_b16_224",
     ),
 }
 
-for _name, (_arch, _paper) in _VARIANTS.items():
-    register(
-        Variant(
-            name=_name,
-            family="mlp_mixer",
-            builder=MlpMixer,
-            arch=_arch,
-            paper=_paper,
-            data=_MIXER_DATA,
-            fixed_input_size=True,
-            input_divisor=_arch["patch_size"],
-            min_input_size=_arch["patch_size"],
-            tiny=_TINY,
-            checkpoint_filter=checkpoint_filter,
-            timm_name=_name,
-        )
-    )
-
-#: `vmlp-deploy export --model mixer` builds this variant.
-register_family("mlp_mixer", "mixer_s16_224", "mixer")
+register_family(FAMILY, VARIANTS)

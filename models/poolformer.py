@@ -15,11 +15,10 @@ from __future__ import annotations
 import re
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import init_weights
-from ._registry import DataCfg, Paper, StateDict, Variant, register, register_family
+from ._layers import PooledClassifierHead, StagedConvClassifier, init_weights
+from ._registry import DataCfg, Family, Paper, StateDict, VariantSpec, register_family
 
 
 class GroupNorm1(nn.GroupNorm):
@@ -131,19 +130,7 @@ class PoolFormerStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class ClassifierHead(nn.Module):
-    """Global average pool, LayerNorm over channels (eps 1e-6, timm's LayerNorm2d on the pooled map), Linear."""
-
-    def __init__(self, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.fc = nn.Linear(dim, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.norm(F.adaptive_avg_pool2d(x, 1).flatten(1)))
-
-
-class PoolFormer(nn.Module):
+class PoolFormer(StagedConvClassifier):
     """PoolFormer v1. Fully convolutional, so any input side >= 3 works; ``img_size`` only records the recipe."""
 
     def __init__(
@@ -164,20 +151,8 @@ class PoolFormer(nn.Module):
         self.stages = nn.Sequential(
             *[PoolFormerStage(dims[max(i - 1, 0)], dims[i], depths[i], i > 0, *block_args) for i in range(len(depths))]
         )
-        self.head = ClassifierHead(dims[-1], num_classes)
+        self.head = PooledClassifierHead(dims[-1], num_classes)
         init_weights(self)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.stages(self.stem(x))
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head.fc
 
 
 def checkpoint_filter(state_dict: StateDict) -> StateDict:
@@ -208,37 +183,54 @@ def checkpoint_filter(state_dict: StateDict) -> StateDict:
     return out
 
 
+FAMILY = Family(
+    name="poolformer",
+    builder=PoolFormer,
+    default="poolformer_s12",  # what `vmlp-deploy export --model poolformer` builds
+    tiny={"depths": (2, 1, 2, 1), "dims": (16, 24, 32, 48), "img_size": 32, "num_classes": 10},
+    input_divisor=1,
+    min_input_size=3,
+    checkpoint_filter=checkpoint_filter,
+)
+
 _SMALL = {"dims": (64, 128, 320, 512)}
 _MEDIUM = {"dims": (96, 192, 384, 768)}
 _SOURCE = "sail-sg/poolformer README (arXiv 2111.11418); fvcore MACs"
+# The crop_pct of timm's sail_in1k default_cfgs: 0.9 for the S models, 0.95 for the M models.
+_DATA_SMALL = DataCfg(crop_pct=0.9, interpolation="bicubic")
+_DATA_MEDIUM = DataCfg(crop_pct=0.95, interpolation="bicubic")
 
-# name -> (arch, (params M, GMACs, top-1) as printed, crop_pct of timm's sail_in1k default_cfg)
-_VARIANTS: dict[str, tuple[dict, tuple[float, float, float], float]] = {
-    "poolformer_s12": ({**_SMALL, "depths": (2, 2, 6, 2), "layer_scale_init_value": 1e-5}, (12, 1.8, 77.2), 0.9),
-    "poolformer_s24": ({**_SMALL, "depths": (4, 4, 12, 4), "layer_scale_init_value": 1e-5}, (21, 3.4, 80.3), 0.9),
-    "poolformer_s36": ({**_SMALL, "depths": (6, 6, 18, 6), "layer_scale_init_value": 1e-6}, (31, 5.0, 81.4), 0.9),
-    "poolformer_m36": ({**_MEDIUM, "depths": (6, 6, 18, 6), "layer_scale_init_value": 1e-6}, (56, 8.8, 82.1), 0.95),
-    "poolformer_m48": ({**_MEDIUM, "depths": (8, 8, 24, 8), "layer_scale_init_value": 1e-6}, (73, 11.6, 82.5), 0.95),
+VARIANTS: dict[str, VariantSpec] = {
+    "poolformer_s12": VariantSpec(
+        arch={**_SMALL, "depths": (2, 2, 6, 2), "layer_scale_init_value": 1e-5},
+        paper=Paper(params_m=12, macs_g=1.8, top1=77.2, source=_SOURCE),
+        data=_DATA_SMALL,
+        timm_name="poolformer_s12.sail_in1k",
+    ),
+    "poolformer_s24": VariantSpec(
+        arch={**_SMALL, "depths": (4, 4, 12, 4), "layer_scale_init_value": 1e-5},
+        paper=Paper(params_m=21, macs_g=3.4, top1=80.3, source=_SOURCE),
+        data=_DATA_SMALL,
+        timm_name="poolformer_s24.sail_in1k",
+    ),
+    "poolformer_s36": VariantSpec(
+        arch={**_SMALL, "depths": (6, 6, 18, 6), "layer_scale_init_value": 1e-6},
+        paper=Paper(params_m=31, macs_g=5.0, top1=81.4, source=_SOURCE),
+        data=_DATA_SMALL,
+        timm_name="poolformer_s36.sail_in1k",
+    ),
+    "poolformer_m36": VariantSpec(
+        arch={**_MEDIUM, "depths": (6, 6, 18, 6), "layer_scale_init_value": 1e-6},
+        paper=Paper(params_m=56, macs_g=8.8, top1=82.1, source=_SOURCE),
+        data=_DATA_MEDIUM,
+        timm_name="poolformer_m36.sail_in1k",
+    ),
+    "poolformer_m48": VariantSpec(
+        arch={**_MEDIUM, "depths": (8, 8, 24, 8), "layer_scale_init_value": 1e-6},
+        paper=Paper(params_m=73, macs_g=11.6, top1=82.5, source=_SOURCE),
+        data=_DATA_MEDIUM,
+        timm_name="poolformer_m48.sail_in1k",
+    ),
 }
 
-_TINY = {"depths": (2, 1, 2, 1), "dims": (16, 24, 32, 48), "img_size": 32, "num_classes": 10}
-
-for _name, (_arch, (_params, _macs, _top1), _crop) in _VARIANTS.items():
-    register(
-        Variant(
-            name=_name,
-            family="poolformer",
-            builder=PoolFormer,
-            arch=_arch,
-            paper=Paper(params_m=_params, macs_g=_macs, top1=_top1, source=_SOURCE),
-            data=DataCfg(crop_pct=_crop, interpolation="bicubic"),
-            input_divisor=1,
-            min_input_size=3,
-            tiny=_TINY,
-            checkpoint_filter=checkpoint_filter,
-            timm_name=f"{_name}.sail_in1k",
-        )
-    )
-
-#: `vmlp-deploy export --model poolformer` builds this variant.
-register_family("poolformer", "poolformer_s12")
+register_family(FAMILY, VARIANTS)

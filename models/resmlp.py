@@ -11,14 +11,11 @@ model with ``create_model("resmlp_b24_224", patch_size=8)``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-from ._layers import Mlp, init_weights
-from ._registry import DataCfg, Paper, StateDict, Variant, register, register_family
-from .mlp_mixer import PatchEmbed
+from ._layers import Mlp, TokenSequenceClassifier
+from ._registry import Family, Paper, StateDict, VariantSpec, register_family
 
 
 class Affine(nn.Module):
@@ -50,7 +47,7 @@ class ResBlock(nn.Module):
         return x + self.ls2 * self.mlp_channels(self.norm2(x))
 
 
-class ResMlp(nn.Module):
+class ResMlp(TokenSequenceClassifier):
     """Patch stem, ``num_blocks`` ResMLP blocks, Affine, global average over tokens, linear classifier."""
 
     def __init__(
@@ -64,28 +61,11 @@ class ResMlp(nn.Module):
         mlp_ratio: float = 4.0,
         init_values: float = 0.1,
     ) -> None:
-        super().__init__()
-        self.num_features = embed_dim
-        self.stem = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        seq_len = self.stem.num_patches
-        self.blocks = nn.Sequential(
-            *[ResBlock(embed_dim, seq_len, mlp_ratio, init_values) for _ in range(num_blocks)]
+        super().__init__(
+            img_size, patch_size, in_chans, embed_dim, num_classes, num_blocks,
+            block=lambda seq_len: ResBlock(embed_dim, seq_len, mlp_ratio, init_values),
+            norm=Affine,
         )
-        self.norm = Affine(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes)
-        init_weights(self)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.norm(self.blocks(self.stem(x)))
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.head(x.mean(dim=1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
 
 
 _DEIT_RENAMES = (
@@ -125,45 +105,37 @@ def checkpoint_filter(state_dict: StateDict) -> StateDict:
     return out
 
 
-_RESMLP_DATA = DataCfg(crop_pct=0.875, interpolation="bicubic")
-_TINY = {"img_size": 64, "num_blocks": 2, "embed_dim": 24, "num_classes": 10}
+#: Every variant tiles the image into 16x16 patches, so every input side must be a multiple of 16.
+PATCH_SIZE = 16
+
+FAMILY = Family(
+    name="resmlp",
+    builder=ResMlp,
+    default="resmlp_12_224",  # what `vmlp-deploy export --model resmlp` builds
+    tiny={"img_size": 64, "num_blocks": 2, "embed_dim": 24, "num_classes": 10},
+    fixed_input_size=True,
+    input_divisor=PATCH_SIZE,
+    min_input_size=PATCH_SIZE,
+    checkpoint_filter=checkpoint_filter,
+)
+
 _SOURCE = "arXiv 2105.03404v2 Tab. 1 & 4"
 
-_VARIANTS: dict[str, tuple[dict[str, Any], Paper, str | None]] = {
-    "resmlp_12_224": (
-        {"patch_size": 16, "num_blocks": 12, "embed_dim": 384, "init_values": 0.1},
-        Paper(params_m=15.4, macs_g=3.0, top1=76.6, source=_SOURCE),
-        "resmlp_12_224",
+VARIANTS: dict[str, VariantSpec] = {
+    "resmlp_12_224": VariantSpec(
+        arch={"patch_size": PATCH_SIZE, "num_blocks": 12, "embed_dim": 384, "init_values": 0.1},
+        paper=Paper(params_m=15.4, macs_g=3.0, top1=76.6, source=_SOURCE),
+        timm_name="resmlp_12_224",
     ),
-    "resmlp_24_224": (
-        {"patch_size": 16, "num_blocks": 24, "embed_dim": 384, "init_values": 1e-5},
-        Paper(params_m=30, macs_g=6.0, top1=79.4, source=_SOURCE),
-        "resmlp_24_224",
+    "resmlp_24_224": VariantSpec(
+        arch={"patch_size": PATCH_SIZE, "num_blocks": 24, "embed_dim": 384, "init_values": 1e-5},
+        paper=Paper(params_m=30, macs_g=6.0, top1=79.4, source=_SOURCE),
+        timm_name="resmlp_24_224",
     ),
-    "resmlp_b24_224": (
-        {"patch_size": 16, "num_blocks": 24, "embed_dim": 768, "init_values": 1e-6},
-        Paper(params_m=115.7, macs_g=23.0, top1=81.0, source="arXiv 2105.03404v2 Tab. 1"),
-        None,
+    "resmlp_b24_224": VariantSpec(
+        arch={"patch_size": PATCH_SIZE, "num_blocks": 24, "embed_dim": 768, "init_values": 1e-6},
+        paper=Paper(params_m=115.7, macs_g=23.0, top1=81.0, source="arXiv 2105.03404v2 Tab. 1"),
     ),
 }
 
-for _name, (_arch, _paper, _timm_name) in _VARIANTS.items():
-    register(
-        Variant(
-            name=_name,
-            family="resmlp",
-            builder=ResMlp,
-            arch=_arch,
-            paper=_paper,
-            data=_RESMLP_DATA,
-            fixed_input_size=True,
-            input_divisor=_arch["patch_size"],
-            min_input_size=_arch["patch_size"],
-            tiny=_TINY,
-            checkpoint_filter=checkpoint_filter,
-            timm_name=_timm_name,
-        )
-    )
-
-#: `vmlp-deploy export --model resmlp` builds this variant.
-register_family("resmlp", "resmlp_12_224")
+register_family(FAMILY, VARIANTS)

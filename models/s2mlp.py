@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ._layers import Mlp, init_weights
-from ._registry import DataCfg, Paper, StateDict, Variant, register, register_family
+from ._layers import PatchEmbedChannelsLast, PreNormBlock, TokenMapClassifier, init_weights
+from ._registry import Family, Paper, StateDict, VariantSpec, register_family
 
 
 def spatial_shift1(x: Tensor) -> Tensor:
@@ -55,17 +55,6 @@ def remap_keys(state_dict: StateDict, renames: Sequence[tuple[str, str]]) -> Sta
     return out
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping patch projection (conv with stride == kernel): (B, C, H, W) -> (B, H/p, W/p, D)."""
-
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
-
-
 class SpatialShiftMixer(nn.Module):
     """Token mixing of S2-MLP: FC -> GELU -> spatial shift -> FC, all on (B, H, W, C)."""
 
@@ -79,23 +68,8 @@ class SpatialShiftMixer(nn.Module):
         return self.fc2(spatial_shift1(self.act(self.fc1(x))))
 
 
-class S2MLPBlock(nn.Module):
-    """Pre-norm residual pair: LN -> shift mixer (+x), LN -> channel MLP (+x)."""
-
-    def __init__(self, dim: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.mixer = SpatialShiftMixer(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.mixer(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-class S2MLP(nn.Module):
-    """Patch embedding, ``depth`` S2-MLP blocks, mean over tokens, linear classifier.
+class S2MLP(TokenMapClassifier):
+    """Patch embedding, ``depth`` pre-norm blocks with the spatial-shift mixer, mean over tokens, linear classifier.
 
     As in the reference there is no LayerNorm before the head. The shift and the token mean do not tie the
     network to one input size; the side only has to be a multiple of the patch size.
@@ -114,23 +88,16 @@ class S2MLP(nn.Module):
         super().__init__()
         if img_size[0] % patch_size or img_size[1] % patch_size:
             raise ValueError(f"img_size {img_size} must be a multiple of the patch size {patch_size}")
-        self.stem = PatchEmbed(in_chans, embed_dim, patch_size)
-        self.blocks = nn.Sequential(*[S2MLPBlock(embed_dim, mlp_ratio) for _ in range(depth)])
+        self.stem = PatchEmbedChannelsLast(in_chans, embed_dim, patch_size)
+        self.blocks = nn.Sequential(
+            *[PreNormBlock(embed_dim, SpatialShiftMixer(embed_dim), mlp_ratio) for _ in range(depth)]
+        )
         self.head = nn.Linear(embed_dim, num_classes)
         init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) image -> (B, H/p, W/p, D) channels-last token map."""
         return self.blocks(self.stem(x))
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.head(x.mean(dim=(1, 2)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
 
 
 _JITTOR_RENAMES = (
@@ -164,39 +131,33 @@ def checkpoint_filter(state_dict: StateDict) -> StateDict:
     return remap_keys(state_dict, _JITTOR_RENAMES)
 
 
+FAMILY = Family(
+    name="s2mlp",
+    builder=S2MLP,
+    default="s2mlp_deep",  # what `vmlp-deploy export --model s2mlp` builds
+    tiny={"img_size": 64, "embed_dim": 32, "depth": 2, "num_classes": 10},
+    input_divisor=16,
+    min_input_size=16,
+    checkpoint_filter=checkpoint_filter,
+)
+
 _DEEP_NOTE = (
     "Paper prints 51M, but its stated hyper-parameters (p16, 36 blocks, c=384, r=4) give 53.5M without the "
     "classifier (36 blocks x ~10c^2 + patch FC) and 10.46 B MACs at 224 (196 tokens), which matches the "
     "paper's own 10.5 B; the hyper-parameters are kept."
 )
 
-_ARCHS = {
-    "s2mlp_wide": dict(patch_size=16, embed_dim=768, depth=12, mlp_ratio=4.0),
-    "s2mlp_deep": dict(patch_size=16, embed_dim=384, depth=36, mlp_ratio=4.0),
+_SOURCE = "arXiv 2106.07477v2 Tab. 2 & 3"
+
+VARIANTS: dict[str, VariantSpec] = {
+    "s2mlp_wide": VariantSpec(
+        arch={"patch_size": 16, "embed_dim": 768, "depth": 12, "mlp_ratio": 4.0},
+        paper=Paper(71, 14.0, 80.0, _SOURCE, params_exclude_head=True),
+    ),
+    "s2mlp_deep": VariantSpec(
+        arch={"patch_size": 16, "embed_dim": 384, "depth": 36, "mlp_ratio": 4.0},
+        paper=Paper(51, 10.5, 80.7, _SOURCE, params_exclude_head=True, note=_DEEP_NOTE),
+    ),
 }
 
-_PAPERS = {
-    "s2mlp_wide": Paper(71, 14.0, 80.0, "arXiv 2106.07477v2 Tab. 2 & 3", params_exclude_head=True),
-    "s2mlp_deep": Paper(51, 10.5, 80.7, "arXiv 2106.07477v2 Tab. 2 & 3", params_exclude_head=True, note=_DEEP_NOTE),
-}
-
-_TINY = dict(img_size=64, embed_dim=32, depth=2, num_classes=10)
-
-for _name, _arch in _ARCHS.items():
-    register(
-        Variant(
-            name=_name,
-            family="s2mlp",
-            builder=S2MLP,
-            arch=_arch,
-            paper=_PAPERS[_name],
-            data=DataCfg(crop_pct=0.875, interpolation="bicubic"),
-            input_divisor=16,
-            min_input_size=16,
-            tiny=_TINY,
-            checkpoint_filter=checkpoint_filter,
-        )
-    )
-
-#: `vmlp-deploy export --model s2mlp` builds this variant.
-register_family("s2mlp", "s2mlp_deep")
+register_family(FAMILY, VARIANTS)

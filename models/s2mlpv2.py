@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._layers import Mlp, init_weights
-from ._registry import DataCfg, Paper, StateDict, Variant, register, register_family
-from .s2mlp import PatchEmbed, remap_keys, spatial_shift1, spatial_shift2
+from ._layers import Mlp, PatchEmbedChannelsLast, PreNormBlock, TokenMapClassifier, init_weights
+from ._registry import DataCfg, Family, Paper, StateDict, VariantSpec, register_family
+from .s2mlp import remap_keys, spatial_shift1, spatial_shift2
 
 
 class SplitAttention(nn.Module):
@@ -53,21 +53,6 @@ class ShiftSplitMixer(nn.Module):
         return self.mlp2(self.split_attn(branches))
 
 
-class S2MLPv2Block(nn.Module):
-    """Pre-norm residual pair: LN -> shift/split-attention mixer (+x), LN -> channel MLP (+x)."""
-
-    def __init__(self, dim: int, mlp_ratio: float, sa_hidden_ratio: float, sa_bias: bool) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.mixer = ShiftSplitMixer(dim, sa_hidden_ratio, sa_bias)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.mixer(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class S2MLPv2Stage(nn.Module):
     """Patch conv (NCHW in, the first stage's is the 7x7 patch embedding) then blocks on channels-last maps."""
 
@@ -82,15 +67,17 @@ class S2MLPv2Stage(nn.Module):
         sa_bias: bool,
     ) -> None:
         super().__init__()
-        self.patch_embed = PatchEmbed(in_dim, dim, patch_size)
-        self.blocks = nn.Sequential(*[S2MLPv2Block(dim, mlp_ratio, sa_hidden_ratio, sa_bias) for _ in range(depth)])
+        self.patch_embed = PatchEmbedChannelsLast(in_dim, dim, patch_size)
+        self.blocks = nn.Sequential(
+            *[PreNormBlock(dim, ShiftSplitMixer(dim, sa_hidden_ratio, sa_bias), mlp_ratio) for _ in range(depth)]
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) -> (B, H/p, W/p, C)."""
         return self.blocks(self.patch_embed(x))
 
 
-class S2MLPv2(nn.Module):
+class S2MLPv2(TokenMapClassifier):
     """Stages of (patch conv, S2-MLPv2 blocks), mean over tokens, linear classifier.
 
     As in Jittor-MLP there is no LayerNorm before the head. The input side must be a multiple of the product
@@ -132,15 +119,6 @@ class S2MLPv2(nn.Module):
             x = stage(x.permute(0, 3, 1, 2))  # patch convs read NCHW, blocks work channels-last
         return x
 
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.head(x.mean(dim=(1, 2)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
-
 
 _BLOCK = r"^stages\.(\d+)\.1\.model\.(\d+)\."
 _JITTOR_RENAMES = (
@@ -181,39 +159,28 @@ def checkpoint_filter(state_dict: StateDict) -> StateDict:
     return remap_keys(state_dict, _JITTOR_RENAMES)
 
 
-_ARCHS = {
-    "s2mlpv2_small": dict(patch_sizes=(7, 2), dims=(192, 384), depths=(4, 14), mlp_ratio=3.0),
-    "s2mlpv2_medium": dict(patch_sizes=(7, 2), dims=(256, 512), depths=(7, 17), mlp_ratio=3.0),
-}
-
-_PAPERS = {
-    "s2mlpv2_small": Paper(25, 6.9, 82.0, "arXiv 2108.01072v1 Tab. 1-3 (Small/7)"),
-    "s2mlpv2_medium": Paper(55, 16.3, 83.6, "arXiv 2108.01072v1 Tab. 1-3 (Medium/7)"),
-}
+FAMILY = Family(
+    name="s2mlpv2",
+    builder=S2MLPv2,
+    default="s2mlpv2_small",  # what `vmlp-deploy export --model s2mlpv2` builds
+    tiny={"img_size": 56, "dims": (16, 32), "depths": (1, 1), "num_classes": 10},
+    input_divisor=14,
+    min_input_size=14,
+    checkpoint_filter=checkpoint_filter,
+)
 
 # The paper trains with ViP's recipe; ViP's default_cfgs: ViP_S crop 0.875, ViP_M crop 0.9, bicubic.
-_DATA = {
-    "s2mlpv2_small": DataCfg(crop_pct=0.875, interpolation="bicubic"),
-    "s2mlpv2_medium": DataCfg(crop_pct=0.9, interpolation="bicubic"),
+VARIANTS: dict[str, VariantSpec] = {
+    "s2mlpv2_small": VariantSpec(
+        arch={"patch_sizes": (7, 2), "dims": (192, 384), "depths": (4, 14), "mlp_ratio": 3.0},
+        paper=Paper(25, 6.9, 82.0, "arXiv 2108.01072v1 Tab. 1-3 (Small/7)"),
+        data=DataCfg(crop_pct=0.875, interpolation="bicubic"),
+    ),
+    "s2mlpv2_medium": VariantSpec(
+        arch={"patch_sizes": (7, 2), "dims": (256, 512), "depths": (7, 17), "mlp_ratio": 3.0},
+        paper=Paper(55, 16.3, 83.6, "arXiv 2108.01072v1 Tab. 1-3 (Medium/7)"),
+        data=DataCfg(crop_pct=0.9, interpolation="bicubic"),
+    ),
 }
 
-_TINY = dict(img_size=56, dims=(16, 32), depths=(1, 1), num_classes=10)
-
-for _name, _arch in _ARCHS.items():
-    register(
-        Variant(
-            name=_name,
-            family="s2mlpv2",
-            builder=S2MLPv2,
-            arch=_arch,
-            paper=_PAPERS[_name],
-            data=_DATA[_name],
-            input_divisor=14,
-            min_input_size=14,
-            tiny=_TINY,
-            checkpoint_filter=checkpoint_filter,
-        )
-    )
-
-#: `vmlp-deploy export --model s2mlpv2` builds this variant.
-register_family("s2mlpv2", "s2mlpv2_small")
+register_family(FAMILY, VARIANTS)
