@@ -52,6 +52,27 @@ def test_optimize_a_run_directory(cli, naive_run: Path, tmp_path: Path) -> None:
     assert "ScatterND" not in ops
 
 
+@pytest.mark.parametrize("target", ["cpu", "openvino"])
+def test_explain_names_every_rule_of_the_target_with_its_fires_and_reasons(cli, naive_run: Path, tmp_path: Path,
+                                                                          target: str) -> None:
+    from vmlp_deploy.passes import RULE_SETS
+
+    code, stdout, _ = cli("optimize", naive_run, "-o", tmp_path / "o", "--target", target, "--explain")
+    assert code == 0 and f"rule set {target}:" in stdout
+    rules = json.loads((tmp_path / "o" / "manifest.json").read_text())["stages"]["optimize"]["rules"]["rules"]
+    expected = {rule.name for phase in RULE_SETS[target] for rule in phase.rules}
+    assert set(rules) == expected
+    for name, record in rules.items():
+        assert f"  {name}: fired {record['fired']}" in stdout
+    report = json.loads((tmp_path / "o" / "manifest.json").read_text())["stages"]["optimize"]
+    assert rules["shift-to-conv"]["fired"] == sum(report["pattern_counts"].values()) > 0
+    declined = {name: record["declined"] for name, record in rules.items() if record["declined"]}
+    assert declined  # and why the others did not apply where they looked
+    for name, reasons in declined.items():
+        reason, count = min(reasons.items(), key=lambda kv: (-kv[1], kv[0]))  # listed first
+        assert f"declined {count} x {reason}" in stdout
+
+
 def test_optimize_a_bare_onnx_without_idioms_changes_nothing(cli, tmp_path: Path) -> None:
     code, _, _ = cli("export", "--model", "convnext_tiny", "--tiny", "--no-rewrite", "-o", tmp_path / "c")
     assert code == 0

@@ -132,6 +132,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     r = run.result
     console.print(f"[bold]Optimized[/bold] {run.onnx_path}: {r.nodes_before} -> {r.nodes_after} nodes, "
                   f"{len(r.patterns)} shift sites rewritten; report in {out / 'manifest.json'}", soft_wrap=True)
+    if args.explain:
+        console.print("\n".join(r.explain_lines()), soft_wrap=True, markup=False, highlight=False)
     return 0
 
 
@@ -235,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the whole-model ONNX Runtime check (each rewrite is still checked on its own)")
     p.add_argument("--seed", type=int, default=0, help="seed for probes and verification inputs")
     p.add_argument("--target", choices=TARGETS, default="cpu", help=_TARGET_HELP)
+    p.add_argument("--explain", action="store_true",
+                   help="print the target's rule set: how often each rule fired and why it declined where it looked")
     p.set_defaults(func=_cmd_optimize)
 
     from .cpu import TARGET_NAMES
