@@ -8,10 +8,11 @@ from .onnxruntime import OnnxRuntimeBackend
 from .openvino import OpenVinoBackend
 from .tensorrt import TensorRtBackend
 
-BACKENDS: dict[str, Backend] = {
-    "cpu": OnnxRuntimeBackend(),
-    "openvino": OpenVinoBackend(),
-    "tensorrt": TensorRtBackend(),
-}
+#: Every backend by its name (``--backend``), in the order ``profile`` runs them: the one list of names.
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    OnnxRuntimeBackend(),
+    OpenVinoBackend(),
+    TensorRtBackend(),
+)}
 
 __all__ = ["BACKENDS", "Backend", "LayerTime", "RunOptions", "Session", "canonical_precision"]

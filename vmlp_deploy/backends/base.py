@@ -2,8 +2,10 @@
 counters, and say what precision really ran.
 
 Quantization uses ``run`` to measure fidelity; profiling uses ``timer`` (one inference, timed by the
-backend's own clock), ``concurrent`` (several requests in flight) and ``layer_times``. Adding a backend
-means one file here and one line in ``BACKENDS``.
+backend's own clock), ``concurrent`` (several requests in flight) and ``layer_times``. What differs between
+backends (the device a run goes to, the default number of streams, the precision a result is labelled with,
+the precisions it refuses) is a property of the backend, so the stages never test a backend's name. Adding a
+backend means one file here and one line in ``BACKENDS``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ def canonical_precision(name: str | None) -> str | None:
     if key not in PRECISION_ALIASES:
         raise UserError(f"unknown precision {name!r}: use one of f32, bf16, f16, int8")
     return PRECISION_ALIASES[key]
+
+
+def precision_label(requested: str, quantized: bool) -> str:
+    """``int8`` for a Q/DQ model whose float parts run f32; ``int8/bf16`` when they run bf16."""
+    if not quantized:
+        return requested
+    return "int8" if requested in ("f32", "int8") else f"int8/{requested}"
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,23 @@ class Backend(Protocol):
     suffixes: tuple[str, ...]
     #: Float precisions it can run (int8 comes from a Q/DQ model, never from a flag).
     precisions: tuple[str, ...]
+    #: The device every run goes to, or None when ``--device`` picks it.
+    fixed_device: str | None
+    #: Runs on an accelerator (a GPU), never on this host's CPU: the host stands for no target CPU, the ISA
+    #: ceilings do not describe it, and ``deploy`` profiles it only when it is the one backend asked for.
+    accelerator: bool
+
+    def default_streams(self, threads: int) -> int:
+        """Requests in flight for a throughput run when ``--streams`` is not given."""
+        ...
+
+    def effective_precision(self, reported: str, quantized: bool) -> str:
+        """The precision a result is labelled with, from the one the session reports."""
+        ...
+
+    def refuses(self, precision: str, quantized: bool) -> str | None:
+        """Why a model cannot run at ``precision`` here beyond ``precisions`` (None when it can)."""
+        ...
 
     def available(self) -> bool: ...
 

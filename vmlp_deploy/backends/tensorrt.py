@@ -417,6 +417,21 @@ class TensorRtBackend:
     extra: str = "tensorrt"
     suffixes: tuple[str, ...] = (".onnx",)
     precisions: tuple[str, ...] = ("f32", "f16", "bf16")
+    fixed_device: str | None = "GPU"
+    accelerator: bool = True
+
+    def default_streams(self, threads: int) -> int:
+        """Two CUDA streams keep the GPU busy while the host prepares the next request; CPU threads say nothing."""
+        return 2
+
+    def effective_precision(self, reported: str, quantized: bool) -> str:
+        """The engine's precision already reads ``int8`` for a Q/DQ model (its float parts stay f32)."""
+        return reported
+
+    def refuses(self, precision: str, quantized: bool) -> str | None:
+        if quantized and precision in ("f16", "bf16"):
+            return "a Q/DQ model runs int8 on TensorRT; its float parts stay f32"
+        return None
 
     def available(self) -> bool:
         return self.unavailable_reason() is None

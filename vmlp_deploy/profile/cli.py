@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..rundir import write_text
 from ..runs import int8_runs_of, latest_float_run
 from ..summary import markdown, print_rows, speedup_rows
-from ..targets import TARGETS
+from ..targets import DEFAULT_TARGET, TARGETS
 
 T = TypeVar("T")
 
@@ -94,7 +94,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spread-warn", type=float, default=5.0, metavar="PCT",
                    help="warn when run-to-run spread (CoV) exceeds this percentage (default 5)")
     p.add_argument("--tiny", action="store_true", help="zoo names: export the tiny configuration")
-    p.add_argument("--target", choices=TARGETS, default="cpu",
+    p.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET,
                    help="zoo names: layout the export is written in (see `vmlp-deploy export --help`); "
                         "openvino suits --backend openvino")
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")

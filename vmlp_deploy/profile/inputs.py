@@ -25,6 +25,7 @@ from ..backends.onnxruntime import graph_input
 from ..errors import UserError
 from ..progress import Progress, Quiet
 from ..rundir import MANIFEST, read_manifest
+from ..targets import DEFAULT_TARGET
 
 _CONV = {"Conv": 1, "FusedConv": 1, "ConvInteger": 1, "QLinearConv": 3, "NhwcConv": 1}
 _MATMUL = {"MatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0, "FusedMatMul": 0, "Gemm": 0}
@@ -54,13 +55,13 @@ class ModelInput:
         }
 
 
-def zoo_cache_dir(name: str, tiny: bool, batch: int | None, target: str = "cpu") -> Path:
+def zoo_cache_dir(name: str, tiny: bool, batch: int | None, target: str = DEFAULT_TARGET) -> Path:
     """One cached export per zoo name and options (batch, layout target, opset 18, this vmlp-deploy version)."""
     shape = "dynbatch" if batch is None else f"b{batch}"
     return cache_root() / "zoo" / f"{name}{'-tiny' if tiny else ''}-opset18-{shape}-{target}-v{__version__}"
 
 
-def _export_zoo(name: str, tiny: bool, batch: int | None, progress: Progress, target: str = "cpu") -> Path:
+def _export_zoo(name: str, tiny: bool, batch: int | None, progress: Progress, target: str = DEFAULT_TARGET) -> Path:
     """Export a zoo name once. A single batch size gets a fixed-batch export, because the shift rewrite needs
     static shapes; several batch sizes need a dynamic batch, which the rewrite leaves naive (said in a note)."""
     from ..export import ExportOptions, export_model
@@ -244,7 +245,7 @@ def _label(path: Path) -> str:
 
 def resolve_input(spec: str, *, tiny: bool = False, sample_shape: Sequence[int] | None = None,
                   batches: Sequence[int] | None = None, progress: Progress | None = None,
-                  target: str = "cpu") -> ModelInput:
+                  target: str = DEFAULT_TARGET) -> ModelInput:
     """Turn one command-line argument into a :class:`ModelInput`; every failure is one clear line.
 
     ``sample_shape`` (``--input-shape``) fixes dynamic non-batch dims for counting MACs from the graph."""
@@ -295,7 +296,7 @@ def resolve_input(spec: str, *, tiny: bool = False, sample_shape: Sequence[int] 
 
 def resolve_inputs(specs: Sequence[str], *, tiny: bool = False, sample_shape: Sequence[int] | None = None,
                    batches: Sequence[int] | None = None, progress: Progress | None = None,
-                   target: str = "cpu") -> list[ModelInput]:
+                   target: str = DEFAULT_TARGET) -> list[ModelInput]:
     """Resolve every input; labels are made unique (``name``, ``name#2``) so reports never merge two models."""
     resolved: list[ModelInput] = []
     seen: dict[str, int] = {}

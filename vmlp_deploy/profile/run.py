@@ -22,10 +22,11 @@ import numpy as np
 
 from .. import cpu
 from ..backends import BACKENDS, RunOptions
-from ..backends.base import PRECISION_ALIASES, canonical_precision
+from ..backends.base import PRECISION_ALIASES, canonical_precision, precision_label
 from ..errors import BackendUnavailableError, UserError
 from ..progress import Progress, Quiet
 from ..rundir import check_output_dir, staged_dir
+from ..targets import DEFAULT_TARGET
 from . import environment
 from .ceiling import Clock, Rate, ceiling_dict, ceilings, host_clock
 from .inputs import ModelInput, resolve_inputs
@@ -58,7 +59,7 @@ class ProfileOptions:
     peak_size: int = DEFAULT_SIZE
     spread_threshold: float = 0.05
     tiny: bool = False
-    target: str = "cpu"
+    target: str = DEFAULT_TARGET
     target_cpu: str = "host"
     charts: bool = True
     seed: int = 0
@@ -126,13 +127,6 @@ class ProfileResult:
     files: dict[str, str]
 
 
-def precision_label(requested: str, quantized: bool) -> str:
-    """``int8`` for a Q/DQ model whose float parts run f32; ``int8/bf16`` when they run bf16."""
-    if not quantized:
-        return requested
-    return "int8" if requested in ("f32", "int8") else f"int8/{requested}"
-
-
 def feed_shape(model: ModelInput, batch: int, sample_shape: tuple[int, ...] | None) -> tuple[int, ...]:
     """The input shape to feed: batch first, then ``--input-shape`` or the model's static dims."""
     declared = model.declared_shape
@@ -174,8 +168,9 @@ def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[lis
             raise BackendUnavailableError(reason)
         else:
             skipped.append(f"{name}: {reason}")
-    if opt.device.upper() != "CPU" and "openvino" not in usable:
-        raise UserError(f"--device {opt.device} selects the OpenVINO device: add --backend openvino or drop --device")
+    if opt.device.upper() != "CPU" and all(BACKENDS[name].fixed_device for name in usable):
+        pickers = " or ".join(n for n, b in BACKENDS.items() if b.fixed_device is None)
+        raise UserError(f"--device {opt.device} selects the OpenVINO device: add --backend {pickers} or drop --device")
     precisions = list(dict.fromkeys(canonical_precision(p) or "f32" for p in opt.precisions))
     threads = opt.threads or cpu.host().cores
     isa = cpu.host().isa
@@ -203,7 +198,7 @@ def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[lis
                                    f"{precision_label(precision, model.quantized)}")
                 for batch in batches:
                     for mode in opt.modes:
-                        streams = 1 if mode == "latency" else (opt.streams or (threads if name != "tensorrt" else 2))
+                        streams = 1 if mode == "latency" else (opt.streams or backend.default_streams(threads))
                         options = RunOptions(
                             threads=threads, precision=precision, device=_device(name, opt.device),
                             spinning=opt.spinning, opt_level=opt.opt_level, streams=streams,
@@ -222,14 +217,12 @@ def _unsupported(model: ModelInput, backend: str, precision: str) -> str | None:
         return "the model has no Q/DQ nodes (run vmlp-deploy quantize first)"
     if precision != "int8" and precision not in BACKENDS[backend].precisions:
         return f"{backend} runs {', '.join(BACKENDS[backend].precisions)} (and int8 from Q/DQ models)"
-    if backend == "tensorrt" and model.quantized and precision in ("f16", "bf16"):
-        return "a Q/DQ model runs int8 on TensorRT; its float parts stay f32"
-    return None
+    return BACKENDS[backend].refuses(precision, model.quantized)
 
 
 def _device(backend: str, device: str) -> str:
-    """--device picks the OpenVINO device; ONNX Runtime here is always CPU, TensorRT always the GPU."""
-    return device if backend == "openvino" else ("CPU" if backend == "cpu" else "GPU")
+    """--device picks the device of a backend that lets it (OpenVINO); the others always run on their own."""
+    return BACKENDS[backend].fixed_device or device
 
 
 def _busy_machine(env: dict[str, Any]) -> str | None:
@@ -257,7 +250,7 @@ def _peak_key(config: Config) -> tuple[str, str, str]:
 
 def _on_cpu(config: Config) -> bool:
     """Whether the configuration runs on this host's CPU, the only device the ISA ceiling describes."""
-    return config.backend != "tensorrt" and config.options.device.upper() == "CPU"
+    return not BACKENDS[config.backend].accelerator and config.options.device.upper() == "CPU"
 
 
 def _cores(config: Config) -> int:
@@ -442,14 +435,13 @@ def _record(c: Config, s: Samples, info: dict[str, Any], load_s: float, layers: 
     else:
         achieved = 2.0 * macs * ips / 1e9 if macs else None
     inference_precision = _norm(str(info.get("precision", c.precision)))
-    effective = precision_label(inference_precision, c.model.quantized) if c.backend != "tensorrt" \
-        else inference_precision
+    effective = BACKENDS[c.backend].effective_precision(inference_precision, c.model.quantized)
     value, metric = spread(s)
     warnings = []
     if value > opt.spread_threshold:
         warnings.append(f"{c.key}: run-to-run spread is high ({metric} {value:.1%} > {opt.spread_threshold:.1%}); "
                         "close other programs, pin the CPU frequency, or measure longer (--duration)")
-    if c.backend != "cpu" and not c.model.quantized and inference_precision != c.precision:
+    if not c.model.quantized and inference_precision != c.precision:
         warnings.append(f"{c.key}: {c.backend} ran {inference_precision} although {c.precision} was requested")
     return {
         "model": c.model.label,
