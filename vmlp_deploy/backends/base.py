@@ -140,6 +140,23 @@ class Backend(Protocol):
     def load(self, model: Path, options: RunOptions) -> Session: ...
 
 
+class HostCpuPolicy:
+    """The policy of a backend that runs on this host's CPU: one stream per thread for throughput, a Q/DQ model
+    labelled by the precision its float parts run in (``int8``, ``int8/bf16``), nothing refused beyond
+    ``precisions``."""
+
+    accelerator: bool = False
+
+    def default_streams(self, threads: int) -> int:
+        return threads
+
+    def effective_precision(self, reported: str, quantized: bool) -> str:
+        return precision_label(reported, quantized)
+
+    def refuses(self, precision: str, quantized: bool) -> str | None:
+        return None
+
+
 def cache_root() -> Path:
     """``$VMLP_DEPLOY_CACHE`` or ``~/.cache/vmlp-deploy``: shared by zoo exports and TensorRT engines."""
     return Path(os.environ.get("VMLP_DEPLOY_CACHE") or Path.home() / ".cache" / "vmlp-deploy")

@@ -22,16 +22,8 @@ import onnxruntime as ort
 
 from ..errors import UserError
 from ..onnx_io import load_checked
-from .base import (
-    Concurrent,
-    LayerTime,
-    RunOptions,
-    Timer,
-    canonical_precision,
-    fixed_shape,
-    precision_label,
-    require_profiling,
-)
+from .base import (Concurrent, HostCpuPolicy, LayerTime, RunOptions, Timer, canonical_precision, fixed_shape,
+                   require_profiling)
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -211,23 +203,12 @@ class OrtSession:
         }
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(HostCpuPolicy):
     name: str = "cpu"
     extra: str = ""
     suffixes: tuple[str, ...] = (".onnx",)
     precisions: tuple[str, ...] = ("f32",)
     fixed_device: str | None = "CPU"
-    accelerator: bool = False
-
-    def default_streams(self, threads: int) -> int:
-        """One stream per thread: the CPU's cores are the parallelism."""
-        return threads
-
-    def effective_precision(self, reported: str, quantized: bool) -> str:
-        return precision_label(reported, quantized)
-
-    def refuses(self, precision: str, quantized: bool) -> str | None:
-        return None
 
     def available(self) -> bool:
         return True

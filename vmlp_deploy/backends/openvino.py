@@ -15,16 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, UserError
-from .base import (
-    Concurrent,
-    LayerTime,
-    RunOptions,
-    Timer,
-    canonical_precision,
-    fixed_shape,
-    precision_label,
-    require_profiling,
-)
+from .base import (Concurrent, HostCpuPolicy, LayerTime, RunOptions, Timer, canonical_precision, fixed_shape,
+                   require_profiling)
 
 PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
 #: Op types that mark a quantized graph: ONNX Q/DQ as read by the ONNX frontend, or IR FakeQuantize.
@@ -170,25 +162,13 @@ class OvSession:
         return info
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(HostCpuPolicy):
     name: str = "openvino"
     extra: str = ""
     suffixes: tuple[str, ...] = (".onnx", ".xml")
     precisions: tuple[str, ...] = ("f32", "bf16", "f16")
     #: ``--device`` picks the OpenVINO device (CPU, GPU, NPU).
     fixed_device: str | None = None
-    accelerator: bool = False
-
-    def default_streams(self, threads: int) -> int:
-        """One stream per thread, as on ONNX Runtime, so the two are compared at the same parallelism."""
-        return threads
-
-    def effective_precision(self, reported: str, quantized: bool) -> str:
-        """A Q/DQ model reports the precision of its float parts: ``int8`` or ``int8/bf16``."""
-        return precision_label(reported, quantized)
-
-    def refuses(self, precision: str, quantized: bool) -> str | None:
-        return None
 
     def available(self) -> bool:
         return self.unavailable_reason() is None
