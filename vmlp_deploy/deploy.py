@@ -11,13 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .backends import BACKENDS
 from .errors import UserError
 from .export import ExportOptions, ExportResult, export_model
 from .model import load_model
 from .models import get_variant
 from .profile.run import ProfileOptions, ProfileResult, default_output_dir, profile_models
 from .progress import Progress, Quiet
-from .quantize import QuantizeOptions, quantize_run
+from .quantize import QUANTIZERS, QuantizeOptions, quantize_run
+from .quantize.registry import default_quantizers
 from .quantize.stage import default_output
 from .rundir import sha256_file, write_text
 from .runs import RunInfo, read_run
@@ -33,7 +35,7 @@ class DeployOptions:
     tiny: bool = False
     input_size: tuple[int, int] | None = None
     seed: int = 0
-    backends: tuple[str, ...] = ("cpu", "openvino")
+    backends: tuple[str, ...] = field(default_factory=default_quantizers)
     root: Path = Path("out")
     overwrite: bool = False
     export: ExportOptions = field(default_factory=ExportOptions)
@@ -97,11 +99,19 @@ def _int8_run(export_dir: Path, backend: str, opt: DeployOptions, progress: Prog
     return made
 
 
+def _profile_backends(backends: tuple[str, ...]) -> tuple[str, ...]:
+    """The runtimes the INT8 models are profiled on: those deployed on this host's CPU, since deploy measures the
+    CPU the model is for; an accelerator backend (TensorRT) only when it is the one asked for."""
+    runtimes = tuple(QUANTIZERS[b].backend for b in backends)
+    return tuple(r for r in runtimes if not BACKENDS[r].accelerator) or runtimes
+
+
 def deploy(opt: DeployOptions, progress: Progress | None = None) -> DeployResult:
     """Export -> quantize for each backend -> profile FP32 and INT8 side by side -> summary.md."""
     progress = progress or Quiet()
     if not opt.backends:
-        raise UserError("--backend names no backend: use cpu, openvino and/or tensorrt")
+        *most, last = QUANTIZERS
+        raise UserError(f"--backend names no backend: use {', '.join(most)} and/or {last}")
     opt.profile.check()
     reused: list[str] = []
     with progress.step("Stage 1/3: export"):
@@ -113,7 +123,7 @@ def deploy(opt: DeployOptions, progress: Progress | None = None) -> DeployResult
     int8_dirs = {r.backend: r.path for r in int8_runs}
     for line in reused:
         progress.note(line)
-    profile_backends = tuple(b for b in opt.backends if b != "tensorrt") or opt.backends
+    profile_backends = _profile_backends(opt.backends)
     profile_opt = replace(opt.profile, backends=profile_backends, target_cpu=opt.quantize.target_cpu)
     with progress.step("Stage 3/3: profile FP32 and INT8 side by side"):
         result = profile_models([str(export_dir), *(str(d) for d in int8_dirs.values())], profile_opt,

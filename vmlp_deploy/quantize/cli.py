@@ -13,7 +13,9 @@ from rich.text import Text
 from ..cpu import TARGET_NAMES, targets_help
 from ..errors import UserError
 from ..runs import latest_float_run
-from .options import BACKEND_NAMES, LAYOUTS, METHODS, MODEL_TYPES, QuantizeOptions, RecipeOverrides
+from .base import missing_modules
+from .options import LAYOUTS, METHODS, MODEL_TYPES, QuantizeOptions, RecipeOverrides
+from .registry import QUANTIZERS, default_quantizers
 from .scheme import SCHEME_NAMES
 
 if TYPE_CHECKING:
@@ -30,18 +32,16 @@ def _names(text: str) -> tuple[str, ...]:
 def backend_list(text: str) -> tuple[str, ...]:
     """``--backend cpu,openvino``: the INT8 backends named, in order, each once (quantize and deploy)."""
     names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    unknown = [n for n in names if n not in BACKEND_NAMES]
+    unknown = [n for n in names if n not in QUANTIZERS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown backend {', '.join(unknown) or '(none)'}: use "
-                                         f"{', '.join(BACKEND_NAMES)} (comma-separated)")
+                                         f"{', '.join(QUANTIZERS)} (comma-separated)")
     return names
 
 
 def default_backends() -> tuple[str, ...]:
-    """The INT8 backends whose runtime is installed here; TensorRT's Q/DQ only when asked for."""
-    from .openvino_nncf import openvino_missing
-
-    return ("cpu",) if openvino_missing() else ("cpu", "openvino")
+    """The default INT8 backends whose modules import here; TensorRT's Q/DQ only when asked for."""
+    return tuple(name for name in default_quantizers() if not missing_modules(QUANTIZERS[name]))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -34,7 +34,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..backends import BACKENDS, RunOptions, Session
+from ..backends import RunOptions, Session
+from ..backends.onnxruntime import OnnxRuntimeBackend
+from ..backends.openvino import OpenVinoBackend
 from .data import BatchReader
 
 WORST_LAYERS = 10
@@ -212,7 +214,7 @@ def ort_layer_probes(float_model: Path, int8_model: Path, nodes: list[str], work
                 existing.add(tensor)
         path = work / f"probe-{tag}.onnx"
         onnx.save(model, str(path))
-        session = BACKENDS["cpu"].load(path, RunOptions(threads=threads))
+        session = OnnxRuntimeBackend().load(path, RunOptions(threads=threads))
         names = [o.name for o in model.graph.output]
         runs.append(_picker(session, [names.index(t) for t, _ in taps[tag]], [f for _, f in taps[tag]]))
     return runs[0], runs[1], layers
@@ -238,7 +240,7 @@ def ov_layer_probes(float_model: Path, int8_model: Path, nodes: list[str], work:
         index = [sources.index((n, 0)) for n, _, _ in layers]
         path = work / f"probe-{tag}.xml"
         ov.save_model(model, str(path), compress_to_fp16=False)
-        session = BACKENDS["openvino"].load(path, RunOptions(threads=threads, precision="f32"))
+        session = OpenVinoBackend().load(path, RunOptions(threads=threads, precision="f32"))
         runs.append(_picker(session, index))
     return runs[0], runs[1], layers
 

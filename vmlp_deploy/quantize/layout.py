@@ -12,8 +12,9 @@ cached under ``$VMLP_DEPLOY_CACHE`` by the source model's sha256, so every backe
 
 * host stands for the target (same integer path): each candidate is quantized on a few calibration samples
   (ranges do not change speed) and its INT8 latency is timed on the backend, interleaved; the faster wins.
-* otherwise the documented rule: channels-first for ``openvino`` (the measurement above, and BENCHMARKS.md),
-  the source graph for ``cpu`` (ONNX Runtime runs the channels-last graph fastest, BENCHMARKS.md).
+* otherwise the documented rule, the quantizer's ``layout_rule``: channels-first for ``openvino`` (the
+  measurement above, and BENCHMARKS.md), the source graph for ``cpu`` (ONNX Runtime runs the channels-last graph
+  fastest, BENCHMARKS.md); a runtime that lays out its own engine (TensorRT) gets the graph as given.
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ import numpy as np
 from .. import __version__
 from ..backends import BACKENDS, RunOptions
 from ..backends.base import cache_root
+from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..errors import UserError
 from ..progress import Progress
 from ..rundir import MANIFEST, sha256_file
+from ..targets import CHANNELS_FIRST, DEFAULT_TARGET, channels_first
+from .base import Quantizer
+from .options import AS_GIVEN, AUTO
 from .source import SourceModel
 
 #: Calibration samples for the quick quantization that is only timed.
@@ -45,9 +50,6 @@ TIMING_ROUNDS = 15
 MARGIN = 0.03
 #: Largest difference between the source and the re-exported logits, relative to the logits' range.
 SAME_FUNCTION_RTOL = 1e-4
-
-#: What the rule picks when the host cannot time the target's kernels.
-RULE = {"openvino": "openvino", "cpu": "as-given"}
 
 QuickQuantize = Callable[[SourceModel, np.ndarray, Path], Path]
 
@@ -82,8 +84,8 @@ def _rebuild_channels_first(source: SourceModel) -> tuple[Path | None, str]:
         return None, "not an export run directory of a zoo model (nothing to re-export from)"
     if "optimize" in manifest.get("stages", {}):
         return None, "the source went through `optimize`: its graph is not the export's"
-    target = export.get("target", (export.get("rewrite") or {}).get("target", "cpu"))
-    if target != "cpu":
+    target = export.get("target", (export.get("rewrite") or {}).get("target", DEFAULT_TARGET))
+    if channels_first(target):
         return None, f"the export is already laid out for --target {target}"
     if export.get("batch") == "dynamic":
         return None, "dynamic-batch exports are not rewritten"
@@ -94,26 +96,26 @@ def _rebuild_channels_first(source: SourceModel) -> tuple[Path | None, str]:
             return None, f"its checkpoint {path} is gone or changed since the export"
     elif not model.get("random_weights"):
         return None, "its weights were not loaded from a checkpoint file, so they cannot be rebuilt"
-    out = cache_root() / "layout" / f"{sha256_file(source.onnx_path)[:24]}-openvino-v{__version__}"
+    out = cache_root() / "layout" / f"{sha256_file(source.onnx_path)[:24]}-{CHANNELS_FIRST}-v{__version__}"
     if (out / MANIFEST).is_file():
         return out / "model.onnx", f"channels-first re-export reused from the cache {out}"
     seed = str(int(export.get("seed", 0)))
     cmd = [sys.executable, "-m", "vmlp_deploy", "export", "--model", str(model["name"]), "--seed", seed,
            "--input-size", *(str(int(v)) for v in model["input_size"]), "--opset", str(int(export["opset"])),
-           "--exporter", str(export["exporter"]), "--batch", str(int(export["batch"])), "--target", "openvino",
+           "--exporter", str(export["exporter"]), "--batch", str(int(export["batch"])), "--target", CHANNELS_FIRST,
            "-o", str(out), "--overwrite", *(["--tiny"] if model.get("tiny") else []),
            *(["--checkpoint", str(checkpoint["path"])] if checkpoint else [])]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return None, f"the channels-first re-export failed ({last})"
-    return out / "model.onnx", f"re-exported with --target openvino into the cache {out}"
+    return out / "model.onnx", f"re-exported with --target {CHANNELS_FIRST} into the cache {out}"
 
 
 def _same_function(a: Path, b: Path, samples: np.ndarray, batch: int | None) -> bool:
     from .fidelity import run_all
 
-    outs = [run_all(BACKENDS["cpu"].load(p, RunOptions(threads=None)), samples, batch) for p in (a, b)]
+    outs = [run_all(OnnxRuntimeBackend().load(p, RunOptions(threads=None)), samples, batch) for p in (a, b)]
     if outs[0].shape != outs[1].shape:
         return False
     scale = float(np.abs(outs[0]).max()) or 1.0
@@ -123,9 +125,9 @@ def _same_function(a: Path, b: Path, samples: np.ndarray, batch: int | None) -> 
 def interleaved_medians(backend: str, models: dict[str, Path], x: np.ndarray, threads: int | None,
                         rounds: int = TIMING_ROUNDS) -> dict[str, float]:
     """Median latency (ms) per model, one inference each per round, rounds interleaved (ORT spinning off, so one
-    session's spinning threads do not steal the next one's cores; OpenVINO's float parts pinned to f32)."""
-    precision = "f32" if backend == "openvino" else None
-    timers = {name: BACKENDS[backend].load(path, RunOptions(threads=threads, precision=precision, spinning=False))
+    session's spinning threads do not steal the next one's cores; float parts pinned to f32, which OpenVINO
+    would otherwise trade for bf16)."""
+    timers = {name: BACKENDS[backend].load(path, RunOptions(threads=threads, precision="f32", spinning=False))
               .timer(x) for name, path in models.items()}
     for timer in timers.values():
         for _ in range(3):
@@ -137,51 +139,52 @@ def interleaved_medians(backend: str, models: dict[str, Path], x: np.ndarray, th
     return {name: round(float(np.median(t)) * 1e3, 3) for name, t in times.items()}
 
 
-def choose_layout(source: SourceModel, backend: str, requested: str, host_ok: bool, samples: np.ndarray,
-                  quick_quantize: QuickQuantize, work: Path, progress: Progress, threads: int | None = None,
-                  named_nodes: bool = False) -> LayoutChoice:
-    """The graph to quantize for ``backend``: see the module docstring. ``named_nodes``: the user named nodes
+def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: str, host_ok: bool,
+                  samples: np.ndarray, quick_quantize: QuickQuantize, work: Path, progress: Progress,
+                  threads: int | None = None, named_nodes: bool = False) -> LayoutChoice:
+    """The graph to quantize with ``quantizer``: see the module docstring. ``named_nodes``: the user named nodes
     of the source graph (``--keep-float NAMES``), which a re-export would not have."""
-    if backend == "tensorrt" or requested == "as-given":
-        why = "TensorRT lays out its own engine" if backend == "tensorrt" else "--layout as-given"
-        return LayoutChoice("as-given", source, "requested" if requested == "as-given" else "rule", why)
+    rule = quantizer.layout_rule
+    if not rule.relayouts or requested == AS_GIVEN:
+        why = "--layout as-given" if rule.relayouts else rule.reason
+        return LayoutChoice(AS_GIVEN, source, "requested" if requested == AS_GIVEN else "rule", why)
     if named_nodes:
-        if requested == "openvino":
+        if requested == CHANNELS_FIRST:
             raise UserError("--keep-float NAMES name nodes of the source graph, which --layout openvino replaces: "
                             "use --keep-float auto, or quantize a `vmlp-deploy export --target openvino` run")
-        return LayoutChoice("as-given", source, "rule", "--keep-float names nodes of the source graph")
-    if requested == "auto" and not host_ok and RULE[backend] == "as-given":
-        return LayoutChoice("as-given", source, "rule", f"{backend} runs the channels-last export fastest "
-                            "(BENCHMARKS.md); this host cannot time the target's kernels")
+        return LayoutChoice(AS_GIVEN, source, "rule", "--keep-float names nodes of the source graph")
+    cannot_time = "this host cannot time the target's kernels"
+    if requested == AUTO and not host_ok and rule.layout == AS_GIVEN:
+        return LayoutChoice(AS_GIVEN, source, "rule", f"{rule.reason}; {cannot_time}")
     with progress.step("Re-exporting channels-first (--target openvino) as a layout candidate"):
         path, note = _rebuild_channels_first(source)
         if path is not None and not _same_function(source.onnx_path, path, samples[:4], source.batch):
             path, note = None, "the re-export does not reproduce the source model's outputs"
-    candidates = {"as-given": str(source.onnx_path), "openvino": str(path) if path else f"unavailable: {note}"}
+    candidates = {AS_GIVEN: str(source.onnx_path), CHANNELS_FIRST: str(path) if path else f"unavailable: {note}"}
     if path is None:
-        if requested == "openvino":
+        if requested == CHANNELS_FIRST:
             raise UserError(f"--layout openvino: cannot make the channels-first graph ({note}); re-export with "
                             "`vmlp-deploy export --target openvino` and quantize that run directory")
-        return LayoutChoice("as-given", source, "only candidate", note, candidates)
-    channels_first = dataclasses.replace(source, onnx_path=path)
-    if requested == "openvino":
-        return LayoutChoice("openvino", channels_first, "requested", "--layout openvino", candidates)
+        return LayoutChoice(AS_GIVEN, source, "only candidate", note, candidates)
+    channels_first_source = dataclasses.replace(source, onnx_path=path)
+    if requested == CHANNELS_FIRST:
+        return LayoutChoice(CHANNELS_FIRST, channels_first_source, "requested", "--layout openvino", candidates)
     if not host_ok:
-        return LayoutChoice("openvino", channels_first, "rule", "OpenVINO's INT8 kernels run the channels-first "
-                            "graph fastest (BENCHMARKS.md); this host cannot time the target's kernels", candidates)
-    with progress.step(f"Timing INT8 of both layouts on {backend} ({TIMING_SAMPLES} calibration samples each)"), \
-            tempfile.TemporaryDirectory(prefix="layout-", dir=work) as scratch:
+        return LayoutChoice(CHANNELS_FIRST, channels_first_source, "rule", f"{rule.reason}; {cannot_time}",
+                            candidates)
+    with progress.step(f"Timing INT8 of both layouts on {quantizer.backend} ({TIMING_SAMPLES} calibration samples "
+                       "each)"), tempfile.TemporaryDirectory(prefix="layout-", dir=work) as scratch:
         quantized = {}
-        for name, src in (("as-given", source), ("openvino", channels_first)):
+        for name, src in ((AS_GIVEN, source), (CHANNELS_FIRST, channels_first_source)):
             folder = Path(scratch) / name
             folder.mkdir()
             quantized[name] = quick_quantize(src, samples[:TIMING_SAMPLES], folder)
         x = samples[: source.batch or 1]
-        medians = interleaved_medians(backend, quantized, x, threads)
+        medians = interleaved_medians(quantizer.check_runtime, quantized, x, threads)
     progress.note("INT8 median latency by layout: " + ", ".join(f"{k} {v:.1f} ms" for k, v in medians.items()))
-    ratio = medians["openvino"] / medians["as-given"]
+    ratio = medians[CHANNELS_FIRST] / medians[AS_GIVEN]
     if ratio <= 1 - MARGIN:
-        return LayoutChoice("openvino", channels_first, "measured", f"channels-first INT8 is {ratio:.2f}x the "
-                            "source graph's latency on this host", candidates, medians)
-    return LayoutChoice("as-given", source, "measured", f"channels-first INT8 is {ratio:.2f}x the source graph's "
+        return LayoutChoice(CHANNELS_FIRST, channels_first_source, "measured", f"channels-first INT8 is {ratio:.2f}x "
+                            "the source graph's latency on this host", candidates, medians)
+    return LayoutChoice(AS_GIVEN, source, "measured", f"channels-first INT8 is {ratio:.2f}x the source graph's "
                         f"latency on this host (switching needs <= {1 - MARGIN:.2f}x)", candidates, medians)

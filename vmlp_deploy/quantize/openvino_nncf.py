@@ -24,40 +24,25 @@ import io
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
 
-from ..errors import BackendUnavailableError, UserError
+from ..backends.openvino import OpenVinoBackend
+from ..cpu import CpuTarget
+from ..errors import UserError
 from ..progress import Progress
+from ..targets import CHANNELS_FIRST
+from .base import LayerProbes, LayoutRule
 from .data import BatchReader
+from .fidelity import ov_layer_probes
 from .options import QuantizeOptions
-from .scheme import IntegerScheme
+from .scheme import IntegerScheme, SchemeChoice, scheme_for_isa
 from .source import SourceModel
 
 #: Suffixes OpenVINO's ONNX frontend appends when it splits one ONNX node into several ops.
 _SPLIT_SUFFIX = re.compile(r"/WithoutBiases$")
-
-
-def openvino_missing() -> list[str]:
-    """The modules of OpenVINO's INT8 path that do not import (or fail to load) here; none when it is usable."""
-    missing = []
-    for module in ("openvino", "nncf"):
-        try:
-            __import__(module)
-        except Exception:  # ImportError, or a broken install failing inside its own import
-            missing.append(module)
-    return missing
-
-
-def require_openvino() -> None:
-    """A clear, actionable error when OpenVINO or NNCF is missing (both are vmlp-deploy dependencies)."""
-    missing = openvino_missing()
-    if missing:
-        raise BackendUnavailableError(f"--backend openvino needs {' and '.join(missing)}, which does not import "
-                                      f"here: pip install --force-reinstall {' '.join(missing)} (vmlp-deploy "
-                                      "depends on them)")
 
 
 def auto_model_type(model: onnx.ModelProto) -> tuple[str, str]:
@@ -69,7 +54,37 @@ def auto_model_type(model: onnx.ModelProto) -> tuple[str, str]:
 
 
 class OpenVinoQuantizer:
-    runtime = "openvino"
+    """NNCF on the OpenVINO model: it calibrates inside every ``quantize`` call, so ``prepare`` keeps the samples."""
+
+    backend: ClassVar[str] = OpenVinoBackend.name
+    check_runtime: ClassVar[str] = OpenVinoBackend.name
+    label: ClassVar[str] = f"{OpenVinoBackend.name} (NNCF)"
+    library: ClassVar[str] = "NNCF"
+    own_options: ClassVar[tuple[str, ...]] = ("smooth_quant_alpha", "model_type")
+    #: NNCF has no entropy (KL) calibration.
+    methods: ClassVar[tuple[str, ...]] = ("minmax", "percentile")
+    required_modules: ClassVar[tuple[str, ...]] = ("openvino", "nncf")
+    by_default: ClassVar[bool] = True
+    #: The IR's FakeQuantize layers are not the ONNX Q/DQ graph ``saturation.py`` reads.
+    predicts_saturation: ClassVar[bool] = False
+    layout_rule: ClassVar[LayoutRule] = LayoutRule(
+        CHANNELS_FIRST, "OpenVINO's INT8 kernels run the channels-first graph fastest (BENCHMARKS.md)")
+    layer_method: ClassVar[str] = "OpenVINO f32 pinned, outputs of quantized layers"
+    #: The sensitivity ranking fake-quantizes activations symmetrically for NNCF.
+    symmetric_activations: bool = True
+
+    @classmethod
+    def create(cls, source: SourceModel, options: QuantizeOptions, scheme: IntegerScheme, work: Path,
+               architecture: Path | None = None) -> OpenVinoQuantizer:
+        return cls(source, options, scheme, work, architecture)
+
+    @classmethod
+    def choose_scheme(cls, target: CpuTarget, requested: str) -> SchemeChoice:
+        """By the target's ISA, as on ONNX Runtime, but NNCF's weights are always signed: no u8u8."""
+        if requested == "u8u8":
+            raise UserError("--int8-scheme u8u8 is ONNX Runtime's (--backend cpu); NNCF weights are signed: "
+                            "use u8s8-7bit for an AVX2 target")
+        return scheme_for_isa(target, requested)
 
     def __init__(self, source: SourceModel, options: QuantizeOptions, scheme: IntegerScheme, work: Path,
                  architecture: Path | None = None) -> None:
@@ -160,6 +175,13 @@ class OpenVinoQuantizer:
                 if name in names and name not in found:
                     found.append(name)
         return found
+
+    def layer_probes(self, int8_model: Path, nodes: list[str], work: Path, threads: int | None) -> LayerProbes:
+        return ov_layer_probes(self.float_model, int8_model, nodes, work, threads)
+
+    def post_check(self, int8_model: Path, progress: Progress) -> dict[str, Any] | None:
+        """OpenVINO reads the IR it wrote: nothing to check."""
+        return None
 
     def settings(self) -> dict[str, Any]:
         import nncf

@@ -6,22 +6,23 @@ JSON-ready as they are), and every one of them is written into the output manife
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..errors import UserError
+from ..targets import CHANNELS_FIRST
 
-BackendName = Literal["cpu", "openvino", "tensorrt"]
 Method = Literal["minmax", "entropy", "percentile"]
 ModelTypeChoice = Literal["auto", "transformer", "cnn"]
 
-BACKEND_NAMES: tuple[str, ...] = ("cpu", "openvino", "tensorrt")
 METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 MODEL_TYPES: tuple[str, ...] = ("auto", "transformer", "cnn")
 AUTO = "auto"
+AS_GIVEN = "as-given"
 #: ``--layout``: measure the candidates (auto), keep the graph as given, or use the channels-first rewrite.
-LAYOUTS: tuple[str, ...] = ("auto", "as-given", "openvino")
+LAYOUTS: tuple[str, ...] = (AUTO, AS_GIVEN, CHANNELS_FIRST)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class RecipeOverrides:
 class QuantizeOptions:
     """Everything ``quantize_run`` needs besides the run directory; defaults match the CLI's."""
 
-    backend: BackendName = "cpu"
+    #: A ``QUANTIZERS`` name (``registry.py``); ONNX Runtime's unless asked.
+    backend: str = OnnxRuntimeBackend.name
     output: Path | None = None
     overwrite: bool = False
     calibration_data: Path | None = None
@@ -77,9 +79,13 @@ class QuantizeOptions:
         return self.keep_float == (AUTO,)
 
     def check(self) -> None:
-        """Reject impossible settings before any work starts (the CLI's choices catch most of these too)."""
-        if self.backend not in BACKEND_NAMES:
-            raise UserError(f"unknown backend {self.backend!r}: use one of {', '.join(BACKEND_NAMES)}")
+        """Reject impossible settings before any work starts (the CLI's choices catch most of these too); what
+        each backend accepts is its quantizer's to say."""
+        from .registry import QUANTIZERS  # the quantizers are built on these options
+
+        if self.backend not in QUANTIZERS:
+            raise UserError(f"unknown backend {self.backend!r}: use one of {', '.join(QUANTIZERS)}")
+        quantizer = QUANTIZERS[self.backend]
         if self.method not in METHODS:
             raise UserError(f"unknown calibration method {self.method!r}: use one of {', '.join(METHODS)}")
         if self.model_type not in MODEL_TYPES:
@@ -97,15 +103,16 @@ class QuantizeOptions:
         alpha = self.smooth_quant_alpha
         if alpha is not None and not (alpha == -1 or 0 <= alpha <= 1):
             raise UserError(f"--smooth-quant-alpha must be in [0, 1] (or -1 to disable), got {alpha}")
-        if self.smooth_quant_alpha is not None and self.backend != "openvino":
-            raise UserError("--smooth-quant-alpha applies to --backend openvino (NNCF) only: drop it")
-        if self.model_type != "auto" and self.backend != "openvino":
-            raise UserError("--model-type applies to --backend openvino (NNCF) only: drop it")
-        if self.qdq_layernorm and self.backend != "tensorrt":
-            raise UserError("--qdq-layernorm applies to --backend tensorrt only: drop it")
-        if self.method == "entropy" and self.backend == "openvino":
-            raise UserError("--method entropy is ONNX Runtime's (cpu, tensorrt); for openvino use minmax or "
-                            "percentile")
+        defaults = {f.name: f.default for f in fields(self)}
+        for owner in QUANTIZERS.values():
+            for name in owner.own_options:
+                if getattr(self, name) != defaults[name] and name not in quantizer.own_options:
+                    raise UserError(f"--{name.replace('_', '-')} applies to --backend {owner.label} only: drop it")
+        if self.method not in quantizer.methods:
+            users = [q for q in QUANTIZERS.values() if self.method in q.methods]
+            raise UserError(f"--method {self.method} is {' and '.join(dict.fromkeys(q.library for q in users))}'s "
+                            f"({', '.join(q.backend for q in users)}); for {self.backend} use "
+                            f"{' or '.join(quantizer.methods)}")
         if AUTO in self.keep_float and len(self.keep_float) > 1:
             raise UserError("--keep-float takes either 'auto' or a list of node names/op types, not both")
         if self.threads is not None and self.threads < 1:
@@ -116,18 +123,19 @@ class QuantizeOptions:
             raise UserError(f"--gate-agreement is a fraction in [0, 1], got {self.gate_agreement}")
         if self.layout not in LAYOUTS:
             raise UserError(f"unknown --layout {self.layout!r}: use one of {', '.join(LAYOUTS)}")
-        if self.layout == "openvino" and self.backend == "tensorrt":
-            raise UserError("--layout openvino applies to --backend cpu and openvino: drop it for tensorrt")
+        if self.layout == CHANNELS_FIRST and not quantizer.layout_rule.relayouts:
+            users = [q.backend for q in QUANTIZERS.values() if q.layout_rule.relayouts]
+            raise UserError(f"--layout {self.layout} applies to --backend {' and '.join(users)}: drop it for "
+                            f"{self.backend}")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings that apply to this backend (the others are dropped so the manifest does not mislead)."""
+        from .registry import QUANTIZERS
+
         d = asdict(self)
         d["keep_float"] = list(self.keep_float)
         d["recipe"] = {k: v for k, v in d["recipe"].items() if v is not None}
-        if self.backend == "openvino":
-            drop = {"qdq_layernorm"}
-        else:
-            drop = {"model_type", "smooth_quant_alpha"} | ({"qdq_layernorm"} if self.backend == "cpu" else set())
+        drop = {name for q in QUANTIZERS.values() for name in q.own_options} - set(QUANTIZERS[self.backend].own_options)
         if self.method != "percentile":
             drop.add("percentile")
         return {k: v for k, v in d.items() if k not in drop}

@@ -20,17 +20,21 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
 
+from ..backends.onnxruntime import OnnxRuntimeBackend
+from ..cpu import CpuTarget
 from ..errors import UserError
 from ..progress import Progress
 from ._bar import bar
+from .base import LayerProbes, LayoutRule
 from .data import BatchReader
-from .options import QuantizeOptions
-from .scheme import IntegerScheme
+from .fidelity import ort_layer_probes
+from .options import AS_GIVEN, METHODS, QuantizeOptions
+from .scheme import IntegerScheme, SchemeChoice, scheme_for_isa
 from .source import SourceModel
 
 #: Bytes of intermediate tensors a histogram calibrator may hold at once (one chunk of samples).
@@ -175,7 +179,30 @@ def float_graph_outputs(model: onnx.ModelProto) -> int:
 class OrtQuantizer:
     """Pre-process and calibrate once, then quantize as often as needed with different nodes kept in float."""
 
-    runtime = "cpu"
+    backend: ClassVar[str] = OnnxRuntimeBackend.name
+    check_runtime: ClassVar[str] = OnnxRuntimeBackend.name
+    label: ClassVar[str] = OnnxRuntimeBackend.name
+    library: ClassVar[str] = "ONNX Runtime"
+    own_options: ClassVar[tuple[str, ...]] = ()
+    methods: ClassVar[tuple[str, ...]] = METHODS
+    required_modules: ClassVar[tuple[str, ...]] = ()
+    by_default: ClassVar[bool] = True
+    predicts_saturation: ClassVar[bool] = True
+    layout_rule: ClassVar[LayoutRule] = LayoutRule(
+        AS_GIVEN, f"{OnnxRuntimeBackend.name} runs the channels-last export fastest (BENCHMARKS.md)")
+    layer_method: ClassVar[str] = ("ONNX Runtime, all graph optimisations (deployed integer kernels), outputs of "
+                                   "quantized layers")
+
+    @classmethod
+    def create(cls, source: SourceModel, options: QuantizeOptions, scheme: IntegerScheme, work: Path,
+               architecture: Path | None = None) -> OrtQuantizer:
+        """ONNX Runtime quantizes the graph it is given: ``architecture`` changes nothing here."""
+        return cls(source, options, cpu_scheme(scheme), work)
+
+    @classmethod
+    def choose_scheme(cls, target: CpuTarget, requested: str) -> SchemeChoice:
+        """Every scheme runs on ONNX Runtime's kernels: by the target's ISA, or as asked."""
+        return scheme_for_isa(target, requested)
 
     def __init__(self, source: SourceModel, options: QuantizeOptions, scheme: OrtScheme, work: Path) -> None:
         self.source = source
@@ -280,6 +307,10 @@ class OrtQuantizer:
             onnx.save(model, str(out))
         return out
 
+    @property
+    def symmetric_activations(self) -> bool:
+        return self.scheme.activation_symmetric
+
     def reads_float(self, node: onnx.NodeProto, index: int) -> bool:
         """Whether input ``index`` of ``node`` must bypass Q/DQ whatever its other readers need (none for cpu)."""
         return False
@@ -295,6 +326,13 @@ class OrtQuantizer:
         return [n.name for n in model.graph.node
                 if n.name in names and any(i in dq_out and dq_src.get(i) not in weights and dq_src.get(i) != ""
                                            for i in n.input)]
+
+    def layer_probes(self, int8_model: Path, nodes: list[str], work: Path, threads: int | None) -> LayerProbes:
+        return ort_layer_probes(self.float_model, int8_model, nodes, work, threads)
+
+    def post_check(self, int8_model: Path, progress: Progress) -> dict[str, Any] | None:
+        """ONNX Runtime runs any QDQ graph ``quantize_static`` writes: nothing to check."""
+        return None
 
     def settings(self) -> dict[str, Any]:
         import onnxruntime

@@ -42,7 +42,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..backends import BACKENDS, RunOptions
+from ..backends import RunOptions
+from ..backends.onnxruntime import OnnxRuntimeBackend
 
 INT16_MIN, INT16_MAX = -32768, 32767
 #: Bytes the pair products of one chunk of rows may take (int32 products plus temporaries).
@@ -442,7 +443,7 @@ def predict(qdq_model: Path, samples: np.ndarray, input_name: str, batch: int | 
     probe = work / "saturation-probe.onnx"
     onnx.save(model, str(probe))
     names = [o.name for o in model.graph.output]
-    session = BACKENDS["cpu"].load(probe, RunOptions(opt_level="disable"))
+    session = OnnxRuntimeBackend().load(probe, RunOptions(opt_level="disable"))
     if session.input_name != input_name:
         raise ValueError(f"{qdq_model.name} reads {session.input_name!r}, not {input_name!r}")
     stats = {layer.node: [0, 0, 0.0, 0.0] for layer in integer}

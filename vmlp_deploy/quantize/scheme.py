@@ -16,7 +16,7 @@ s2mlpv2_small ran u8s8-7bit at 0.531x FP32 (the same as u8s8, 0.532x: the same k
 so ``u8s8-7bit`` is the choice for saturating targets.
 Targets with a 32-bit-accumulating int8 dot product (VNNI, AVX-VNNI, AMX, Arm dot product / i8mm) and plain
 Arm NEON (which widens each product to 16 bits before adding) keep full 8-bit weights: ``u8s8``.
-TensorRT's explicit quantization is symmetric s8 x s8 on the GPU, whatever the CPU.
+TensorRT's explicit quantization is symmetric s8 x s8 on the GPU, whatever the CPU (``tensorrt_qdq.py``).
 """
 
 from __future__ import annotations
@@ -67,8 +67,6 @@ SCHEMES: dict[str, IntegerScheme] = {s.name: s for s in (
                                         "kernels, same kernels and speed"),
     IntegerScheme("u8u8", "u8", 8, "u8 activations x u8 weights: MLAS's widening kernel, no saturation, slower"),
 )}
-#: TensorRT's explicit quantization: symmetric int8 on both sides, run on the GPU.
-TENSORRT_SCHEME = IntegerScheme("s8s8", "s8", 8, "symmetric s8 activations x s8 weights (TensorRT explicit Q/DQ)")
 
 
 @dataclass(frozen=True)
@@ -86,19 +84,17 @@ class SchemeChoice:
 
 
 def choose_scheme(backend: str, target: CpuTarget, requested: str = "auto") -> SchemeChoice:
-    """The encoding for ``backend`` on ``target``: by the ISA for ``auto``, as asked otherwise (with a warning)."""
+    """The encoding ``backend``'s quantizer uses on ``target``: its own policy (``Quantizer.choose_scheme``)."""
+    from .registry import QUANTIZERS  # the quantizers themselves are built on the schemes defined here
+
     if requested not in SCHEME_NAMES:
         raise UserError(f"unknown --int8-scheme {requested!r}: use one of {', '.join(SCHEME_NAMES)}")
+    return QUANTIZERS[backend].choose_scheme(target, requested)
+
+
+def scheme_for_isa(target: CpuTarget, requested: str) -> SchemeChoice:
+    """By ``target``'s ISA for ``auto``, as asked otherwise (with a warning when that saturates on the target)."""
     isa = target.isa
-    if backend == "tensorrt":
-        if requested != "auto":
-            raise UserError("--int8-scheme applies to --backend cpu and openvino: TensorRT's Q/DQ is always "
-                            "symmetric s8 x s8; drop it")
-        return SchemeChoice(TENSORRT_SCHEME, "TensorRT explicit quantization (GPU): symmetric int8, the CPU target "
-                                             "does not apply", forced=False)
-    if requested == "u8u8" and backend == "openvino":
-        raise UserError("--int8-scheme u8u8 is ONNX Runtime's (--backend cpu); NNCF weights are signed: "
-                        "use u8s8-7bit for an AVX2 target")
     if requested != "auto":
         scheme = SCHEMES[requested]
         warning = None

@@ -25,7 +25,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..backends import BACKENDS, RunOptions
+from ..backends import RunOptions
+from ..backends.onnxruntime import OnnxRuntimeBackend
 from .data import BatchReader
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -106,7 +107,7 @@ def rank_layers(
             model.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
     probe = work / "sensitivity-probe.onnx"
     onnx.save(model, str(probe))
-    session = BACKENDS["cpu"].load(probe, RunOptions(threads=threads, opt_level="disable"))
+    session = OnnxRuntimeBackend().load(probe, RunOptions(threads=threads, opt_level="disable"))
     names = [o.name for o in model.graph.output]
     index = {t: names.index(t) for t in tensors}
     reader = BatchReader(samples, input_name, batch)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import onnx
@@ -28,20 +28,12 @@ from ..errors import FidelityGateError, UserError
 from ..progress import Progress, Quiet
 from ..rundir import MANIFEST, check_output_dir, peak_rss_mb, sha256_file, staged_dir, write_json
 from ._bar import bar
+from .base import Quantizer, require_modules
 from .data import DataStats, ImageFolder, SampleSet, load_directory, load_embedded
-from .fidelity import (
-    WORST_LAYERS,
-    FidelityReport,
-    compare_logits,
-    layer_sqnr,
-    ort_layer_probes,
-    ov_layer_probes,
-    run_all,
-)
-from .openvino_nncf import OpenVinoQuantizer, require_openvino
-from .options import QuantizeOptions
-from .ort_static import OrtQuantizer, cpu_scheme
+from .fidelity import WORST_LAYERS, FidelityReport, compare_logits, layer_sqnr, run_all
 from .layout import QuickQuantize, choose_layout
+from .options import QuantizeOptions
+from .registry import QUANTIZERS
 from .report import write_report
 from .saturation import DEFAULT_SAMPLES as SATURATION_SAMPLES
 from .saturation import predict as predict_saturation
@@ -49,7 +41,6 @@ from .saturation import summarize as summarize_saturation
 from .scheme import IntegerScheme, SchemeChoice, choose_scheme
 from .sensitivity import SearchResult, rank_layers, search
 from .source import SourceModel, open_source, resolve_recipe
-from .tensorrt_qdq import TensorRtQuantizer, check_graph
 
 #: Calibration samples on which ``--keep-float auto`` measures agreement (held-out samples stay unseen).
 SEARCH_SAMPLES = 100
@@ -59,21 +50,6 @@ LAYER_SAMPLES = 16
 RANK_SAMPLES = 16
 EMBEDDED_WARNING = ("no --calibration-data: calibrating on crops of the 8 embedded photographs; a few hundred "
                     "images drawn from your own data calibrate better (--calibration-data DIR)")
-
-
-class Quantizer(Protocol):
-    """What each backend module provides: calibrate once, quantize (again) with some nodes kept in float."""
-
-    runtime: str
-    float_model: Path
-
-    def prepare(self, samples: np.ndarray, progress: Progress) -> None: ...
-
-    def quantize(self, keep_float: list[str], out_dir: Path) -> Path: ...
-
-    def quantized_consumers(self, int8_model: Path) -> list[str]: ...
-
-    def settings(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -173,21 +149,12 @@ def default_output(path: Path, backend: str) -> Path:
     return base.with_name(f"{base.name}-int8-{backend}")
 
 
-def make_quantizer(source: SourceModel, options: QuantizeOptions, scheme: IntegerScheme, work: Path,
-                   architecture: Path | None = None) -> Quantizer:
-    """``architecture``: the source graph, when ``source`` is its channels-first re-export."""
-    if options.backend == "cpu":
-        return OrtQuantizer(source, options, cpu_scheme(scheme), work)
-    if options.backend == "tensorrt":
-        return TensorRtQuantizer(source, options, work)
-    return OpenVinoQuantizer(source, options, scheme, work, architecture)
-
-
-def _quick_quantizer(opt: QuantizeOptions, scheme: IntegerScheme, architecture: Path) -> QuickQuantize:
+def _quick_quantizer(kind: type[Quantizer], opt: QuantizeOptions, scheme: IntegerScheme,
+                     architecture: Path) -> QuickQuantize:
     """Quantize a layout candidate on a few samples, nothing kept in float: only its speed is wanted."""
 
     def run(candidate: SourceModel, samples: np.ndarray, folder: Path) -> Path:
-        quantizer = make_quantizer(candidate, replace(opt, keep_float=()), scheme, folder, architecture)
+        quantizer = kind.create(candidate, replace(opt, keep_float=()), scheme, folder, architecture)
         quantizer.prepare(samples, Quiet())
         return quantizer.quantize([], folder)
 
@@ -209,16 +176,16 @@ def resolve_keep_float(patterns: tuple[str, ...], float_model: Path) -> list[str
 
 
 def _load(quantizer: Quantizer, path: Path, threads: int | None) -> Session:
-    """FP32 and INT8 run on the backend's runtime; OpenVINO with f32 pinned (it would pick bf16 on its own)."""
-    precision = "f32" if quantizer.runtime == "openvino" else None
-    return BACKENDS[quantizer.runtime].load(path, RunOptions(threads=threads, precision=precision))
+    """FP32 and INT8 run on the quantizer's check runtime, float parts pinned to f32 (OpenVINO would pick bf16
+    on its own)."""
+    return BACKENDS[quantizer.check_runtime].load(path, RunOptions(threads=threads, precision="f32"))
 
 
 def _environment() -> dict[str, str]:
     from ..export import environment
 
     env = environment()
-    for module in ("openvino", "nncf"):
+    for module in dict.fromkeys(m for q in QUANTIZERS.values() for m in q.required_modules):
         try:
             env[module] = __import__(module).__version__
         except ImportError:
@@ -276,7 +243,7 @@ def _auto_keep_float(quantizer: Quantizer, source: SourceModel, options: Quantiz
     with progress.step("Ranking layers by local INT8 noise"):
         consumers = quantizer.quantized_consumers(int8_path)
         ranked = rank_layers(quantizer.float_model, consumers, data.calibration[:RANK_SAMPLES], source.input_name,
-                             source.batch, options.backend != "cpu", work, options.threads)
+                             source.batch, quantizer.symmetric_activations, work, options.threads)
         if saturating:
             clipped = {layer.node: 10 ** (-layer.sqnr_db / 10) for layer in predict_saturation(
                 int8_path, data.calibration[:RANK_SAMPLES], source.input_name, source.batch, work)
@@ -312,14 +279,14 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
         timings[key] = round(time.perf_counter() - since, 3)
 
     source = open_source(run_dir)
-    if opt.backend == "openvino":
-        require_openvino()
+    kind = QUANTIZERS[opt.backend]
+    require_modules(kind)
     target = cpu.resolve_target(opt.target_cpu)
     choice = choose_scheme(opt.backend, target, opt.int8_scheme)
     progress.note(f"INT8 scheme {choice.scheme.name}: {choice.reason}")
     if choice.warning:
         warnings.append(choice.warning)
-    host_ok = opt.backend == "tensorrt" or cpu.host_stands_for(target, integer_only=True)
+    host_ok = BACKENDS[kind.backend].accelerator or cpu.host_stands_for(target, integer_only=True)
     if not host_ok:
         warnings.append(f"this host ({cpu.host().isa.summary()}) does not run the integer kernels of --target-cpu "
                         f"{target.name} ({target.isa.summary()}): fidelity below is the host's; "
@@ -344,11 +311,11 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
 
     with tempfile.TemporaryDirectory(prefix="vmlp-quantize-") as work_name, staged_dir(out, opt.overwrite) as tmp:
         work = Path(work_name)
-        layout = choose_layout(source, opt.backend, opt.layout, host_ok, data.calibration,
-                               _quick_quantizer(opt, choice.scheme, source.onnx_path), work, progress, opt.threads,
+        layout = choose_layout(source, kind, opt.layout, host_ok, data.calibration,
+                               _quick_quantizer(kind, opt, choice.scheme, source.onnx_path), work, progress, opt.threads,
                                named_nodes=bool(opt.keep_float) and not opt.keep_float_auto)
         progress.note(f"Layout: {layout.layout} ({layout.how}: {layout.reason})")
-        quantizer = make_quantizer(layout.source, opt, choice.scheme, work, source.onnx_path)
+        quantizer = kind.create(layout.source, opt, choice.scheme, work, source.onnx_path)
         t = time.perf_counter()
         quantizer.prepare(data.calibration, progress)
         timed("calibrate", t)
@@ -363,7 +330,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
         if opt.keep_float_auto:
             t = time.perf_counter()
             sensitivity = _auto_keep_float(quantizer, source, opt, data, fp32, model_path, work, progress,
-                                           opt.backend == "cpu" and choice.scheme.saturates_on(target.isa))
+                                           quantizer.predicts_saturation and choice.scheme.saturates_on(target.isa))
             keep = sensitivity.kept
             if keep:
                 with progress.step(f"Quantizing for {opt.backend} with {len(keep)} layer(s) kept in float"):
@@ -372,29 +339,23 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
                 warnings.append(f"--keep-float auto did not reach {opt.min_agreement:.1%} top-1 agreement within "
                                 f"{opt.sensitivity_rounds} rounds; kept the best setting seen")
             timed("sensitivity", t)
-        graph_check = None
-        if opt.backend == "tensorrt":
-            with progress.step("Checking the Q/DQ graph against TensorRT's rules"):
-                graph_check = check_graph(model_path, opt.qdq_layernorm)
+        graph_check = quantizer.post_check(model_path, progress)
         t = time.perf_counter()
         with progress.step(f"Measuring fidelity on {len(data.held_out)} held-out samples"):
             int8 = _load(quantizer, model_path, opt.threads)
             logits = compare_logits(run_all(fp32, data.held_out, source.batch),
                                     run_all(int8, data.held_out, source.batch))
-            fidelity = FidelityReport(logits, quantizer.runtime, getattr(int8, "precision", "int8"))
+            fidelity = FidelityReport(logits, quantizer.check_runtime, getattr(int8, "precision", "int8"))
             layers = quantizer.quantized_consumers(model_path)
-            probes = ort_layer_probes if quantizer.runtime == "cpu" else ov_layer_probes
-            run_fp32, run_int8, pairs = probes(quantizer.float_model, model_path, layers, work, opt.threads)
+            run_fp32, run_int8, pairs = quantizer.layer_probes(model_path, layers, work, opt.threads)
             measured = layer_sqnr(run_fp32, run_int8, pairs, data.held_out[:LAYER_SAMPLES], source.input_name,
                                   source.batch)
             fidelity.layers_measured, fidelity.layer_samples = len(measured), min(LAYER_SAMPLES, len(data.held_out))
             fidelity.worst_layers = measured[:WORST_LAYERS]
-            fidelity.layer_method = ("ONNX Runtime, all graph optimisations (deployed integer kernels), outputs of "
-                                     "quantized layers" if quantizer.runtime == "cpu" else
-                                     "OpenVINO f32 pinned, outputs of quantized layers")
+            fidelity.layer_method = quantizer.layer_method
         timed("fidelity", t)
         saturation = None
-        if quantizer.runtime == "cpu" and opt.backend == "cpu" and target.isa.u8s8_saturates:
+        if quantizer.predicts_saturation and target.isa.u8s8_saturates:
             t = time.perf_counter()
             with progress.step(f"Predicting int16 pair saturation on {target.name} ({target.isa.summary()})"):
                 saturation = _predict_saturation(model_path, data.held_out, source, target, work)

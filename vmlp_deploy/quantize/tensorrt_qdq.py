@@ -7,23 +7,34 @@ that have int8 kernels (convolution, GEMM/MatMul) so they fuse, biases left in f
 input of LayerNorm (TensorRT runs normalisation in float; an int8 LayerNorm input costs accuracy and speed).
 
 The graph is produced with ONNX Runtime's ``quantize_static`` in Optimum's TensorRT configuration and then
-checked node by node (:func:`check_graph`); the result is measured by running it in ONNX Runtime. Nothing
-here imports TensorRT: build the engine where TensorRT lives, e.g. ``trtexec --onnx=model.onnx`` (add
-``--stronglyTyped`` on 10.x; 11.x is always strongly typed).
+checked node by node (:func:`check_graph`); the result is measured by running it in ONNX Runtime on this
+CPU (its ``check_runtime``), while TensorRT on a GPU is what it is for (its ``backend``). Nothing here imports
+TensorRT: build the engine where TensorRT lives, e.g. ``trtexec --onnx=model.onnx`` (add ``--stronglyTyped`` on
+10.x; 11.x is always strongly typed).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .options import QuantizeOptions
+from ..backends.onnxruntime import OnnxRuntimeBackend
+from ..backends.tensorrt import TensorRtBackend
+from ..cpu import CpuTarget
+from ..errors import UserError
+from ..progress import Progress
+from .base import LayoutRule
+from .options import AS_GIVEN, QuantizeOptions
 from .ort_static import OrtQuantizer, OrtScheme
+from .scheme import IntegerScheme, SchemeChoice
 from .source import SourceModel
+
+#: TensorRT's explicit quantization: symmetric int8 on both sides, run on the GPU.
+TENSORRT_SCHEME = IntegerScheme("s8s8", "s8", 8, "symmetric s8 activations x s8 weights (TensorRT explicit Q/DQ)")
 
 #: Layers TensorRT runs in int8 when their inputs come through Q/DQ.
 TRT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -49,6 +60,31 @@ def trt_scheme(qdq_layernorm: bool) -> OrtScheme:
 
 
 class TensorRtQuantizer(OrtQuantizer):
+    """ONNX Runtime's quantizer in TensorRT's configuration; its output is for TensorRT, checked in ONNX Runtime."""
+
+    backend: ClassVar[str] = TensorRtBackend.name
+    check_runtime: ClassVar[str] = OnnxRuntimeBackend.name
+    label: ClassVar[str] = TensorRtBackend.name
+    own_options: ClassVar[tuple[str, ...]] = ("qdq_layernorm",)
+    by_default: ClassVar[bool] = False
+    #: Symmetric s8 x s8 on the GPU: no u8 x s8 pair sums.
+    predicts_saturation: ClassVar[bool] = False
+    layout_rule: ClassVar[LayoutRule] = LayoutRule(AS_GIVEN, "TensorRT lays out its own engine", relayouts=False)
+
+    @classmethod
+    def create(cls, source: SourceModel, options: QuantizeOptions, scheme: IntegerScheme, work: Path,
+               architecture: Path | None = None) -> TensorRtQuantizer:
+        """The scheme is always TensorRT's (``choose_scheme``): the Q/DQ settings follow ``--qdq-layernorm``."""
+        return cls(source, options, work)
+
+    @classmethod
+    def choose_scheme(cls, target: CpuTarget, requested: str) -> SchemeChoice:
+        if requested != "auto":
+            raise UserError("--int8-scheme applies to --backend cpu and openvino: TensorRT's Q/DQ is always "
+                            "symmetric s8 x s8; drop it")
+        return SchemeChoice(TENSORRT_SCHEME, "TensorRT explicit quantization (GPU): symmetric int8, the CPU target "
+                                             "does not apply", forced=False)
+
     def __init__(self, source: SourceModel, options: QuantizeOptions, work: Path) -> None:
         super().__init__(source, options, trt_scheme(options.qdq_layernorm), work)
 
@@ -56,6 +92,10 @@ class TensorRtQuantizer(OrtQuantizer):
         """Q/DQ belong to the layer TensorRT fuses them into: a residual Add beside a Conv reads float, and
         LayerNorm (with ``--qdq-layernorm``) gets only its activation input quantized, scale and bias stay float."""
         return node.op_type not in (self.scheme.op_types or ()) or (node.op_type == "LayerNormalization" and index > 0)
+
+    def post_check(self, int8_model: Path, progress: Progress) -> dict[str, Any] | None:
+        with progress.step("Checking the Q/DQ graph against TensorRT's rules"):
+            return check_graph(int8_model, self.options.qdq_layernorm)
 
     def settings(self) -> dict[str, Any]:
         d = super().settings()
