@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Protocol
 
 from rich.console import Console
@@ -60,12 +60,17 @@ class TimedSteps:
 
     @contextmanager
     def step(self, title: str, name: str | None = None) -> Iterator[None]:
-        """Show ``title``; when the step succeeds and has a ``name``, keep its seconds (3 decimals) under it."""
-        with self.progress.step(title):
-            start = time.perf_counter()
+        """Show ``title``; when the step succeeds and has a ``name``, keep its seconds under it."""
+        with self.progress.step(title), (self.timed(name) if name is not None else nullcontext()):
             yield
-            if name is not None:
-                self.seconds[name] = round(time.perf_counter() - start, 3)
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Keep the seconds (3 decimals) of a part that shows its own progress (a bar, several steps), if it
+        succeeds."""
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 3)
 
     def note(self, text: str) -> None:
         self.progress.note(text)
