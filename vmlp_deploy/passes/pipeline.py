@@ -9,6 +9,7 @@ as it came in (the same object).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 import time
@@ -22,9 +23,16 @@ from ..onnx_io import op_histogram
 from ..targets import TARGETS
 from .canonicalize import canonicalize
 from .npu import NpuReport, npu_report
-from .rule import PassReport, RewriteContext, run_phase
+from .rule import PassReport, Phase, RewriteContext, run_phase
 from .rule_sets import RULE_SETS
-from .rules.shift_to_conv import EDGE_DEFAULT, RewriteRolledBack, ShiftSite, SkippedRegion, find_shift_sites
+from .rules.shift_to_conv import (
+    EDGE_DEFAULT,
+    RewriteRolledBack,
+    ShiftSite,
+    ShiftToConv,
+    SkippedRegion,
+    find_shift_sites,
+)
 from .verify import Verification, compare_models
 
 
@@ -53,7 +61,8 @@ class OptimizeResult:
 
     @property
     def changed(self) -> bool:
-        return bool(self.patterns) or bool(self.target != "cpu" and self.layout_changes)
+        folded = self.report.total(*(rule.name for phase in _split(self.target)[0] for rule in phase.rules))
+        return bool(self.patterns) or bool(folded) or bool(self.target != "cpu" and self.layout_changes)
 
     def pattern_counts(self) -> dict[str, int]:
         """'kind layout' -> number of sites."""
@@ -112,19 +121,18 @@ class OptimizeResult:
             lines.append(f"  Transposes left: {self.ops_after.get('Transpose', 0)} "
                          f"(before: {self.ops_before.get('Transpose', 0)}; cleanup folded/cancelled "
                          f"{cleanup['transposes_folded'] + cleanup['transposes_cancelled']})")
-        layout = self.layout_counts()
-        if layout is not None and self.layout_changes:
-            lines.append(f"  layout: {layout['hoisted_into_conv']} MatMul->1x1 Conv, {layout['sunk']} sunk, "
-                         f"{layout['to_reshape']} -> Reshape, {layout['group_views']} grouped views flattened, "
-                         f"{layout['patch_convs_to_matmul']} patch Convs -> MatMul; "
-                         f"Transpose elements moved {layout['elements_moved_before']} -> "
-                         f"{layout['elements_moved_after']}")
-        cf = self.channels_first_counts()
-        if cf is not None and self.layout_changes:
-            lines.append(f"  channels-first: {cf['transposes_propagated']} Transposes carried through "
-                         f"{cf['ops_rewritten']} ops ({cf['layernorms']} LayerNorm, {cf['linears_to_conv']} "
-                         f"Linear->1x1 Conv), {cf['transposes_restored']} put back; {cf['group_views']} grouped "
-                         "views flattened")
+        fired = {name: record for name, record in self.report.rules.items() if record.fired and name != "shift-to-conv"}
+        plain = [f"{name} {record.fired}" for name, record in fired.items() if not record.kinds]
+        if plain:
+            lines.append("  rules: " + ", ".join(plain))
+        for name, record in fired.items():
+            if record.kinds:
+                lines.append(f"  {name}: {record.fired} ops rewritten ("
+                             + ", ".join(f"{kind} {count}" for kind, count in record.kinds.items()) + ")")
+        metrics = self.report.metrics
+        if self.layout_changes and metrics.get("transpose_elements_before") is not None:
+            lines.append(f"  Transpose elements moved: {metrics['transpose_elements_before']} -> "
+                         f"{metrics['transpose_elements_after']}")
         if self.npu is not None:
             lines.append("  " + self.npu.summary())
         if self.verification is not None:
@@ -175,12 +183,19 @@ _LAYOUT_RULES = ("narrow-transposes", "linear-to-conv1x1", "unit-transpose-to-re
                  "patch-conv-to-matmul", "channels-first")
 
 
-def _rewrite(work_proto: onnx.ModelProto, context: RewriteContext, *, layout: bool,
-             target: str) -> tuple[onnx.ModelProto, PassReport]:
-    """The target's rule set on a copy of the canonical model (layout phases only when ``layout``)."""
+def _split(target: str) -> tuple[tuple[Phase, ...], tuple[Phase, ...]]:
+    """The target's phases before the shift rule's phase (run before sites are sought), and the rest."""
+    phases = RULE_SETS[target]
+    start = next(i for i, phase in enumerate(phases) if ShiftToConv in phase.rules)
+    return phases[:start], phases[start:]
+
+
+def _rewrite(work_proto: onnx.ModelProto, context: RewriteContext, *, layout: bool, target: str,
+             prelude: PassReport) -> tuple[onnx.ModelProto, PassReport]:
+    """The rest of the target's rule set on a copy of the canonical model (layout phases only when ``layout``)."""
     model = ir.from_proto(work_proto)
-    report = PassReport(rule_set=target)
-    for phase in RULE_SETS[target]:
+    report = copy.deepcopy(prelude)
+    for phase in _split(target)[1]:
         if layout or not phase.layout:
             model = run_phase(model, phase, report, context)
     model.graph.sort()
@@ -230,7 +245,10 @@ def optimize_model(
     nodes_before = len(model.graph.node)
     if log:
         log(f"canonicalising ({nodes_before} nodes)")
+    prelude = PassReport(rule_set=target)
     work = canonicalize(model)
+    for phase in _split(target)[0]:
+        work = run_phase(work, phase, prelude, RewriteContext(edge=edge, max_shift=max_shift, seed=seed))
     work_proto = ir.serde.serialize_model(work)
     sites, skipped, rolled_back = find_shift_sites(work, max_shift=max_shift, seed=seed, check=True, progress=log,
                                                    edge=edge)
@@ -244,13 +262,14 @@ def optimize_model(
                               seconds=time.perf_counter() - start, target=target,
                               npu=npu_report(model) if target == "npu" else None)
 
-    if not sites and (target == "cpu" or not layout):
-        return unchanged()
+    folded = sum(record.fired for record in prelude.rules.values())
+    if not sites and not folded and (target == "cpu" or not layout):
+        return unchanged(report=prelude)
     if log:
         log(f"rewriting {len(sites)} site(s)")
-    rewritten, report = _rewrite(work_proto, context(sites), layout=layout, target=target)
+    rewritten, report = _rewrite(work_proto, context(sites), layout=layout, target=target, prelude=prelude)
     layout_changes = report.total(*_LAYOUT_RULES)
-    if not sites and not layout_changes:
+    if not sites and not folded and not layout_changes:
         return unchanged(report=report)
     verification = None
     if verify:
@@ -262,10 +281,11 @@ def optimize_model(
             layout = False
             if not sites:
                 return unchanged(verification)
-            rewritten, report = _rewrite(work_proto, context(sites), layout=False, target=target)
+            rewritten, report = _rewrite(work_proto, context(sites), layout=False, target=target, prelude=prelude)
             verification = compare_models(model, rewritten, n_samples=n_samples, seed=seed)
         if not verification.passed:
-            bad = _bisect(model, work_proto, sites, seed, n_samples, context, target)
+            bad = _bisect(model, sites, seed, n_samples, lambda subset: _rewrite(
+                work_proto, context(subset), layout=False, target=target, prelude=prelude)[0])
             for site in bad:
                 message = f"rolled back {site.describe()}: whole-model outputs changed beyond round-off"
                 warnings.warn(message, RewriteRolledBack, stacklevel=2)
@@ -273,7 +293,7 @@ def optimize_model(
             sites = [s for s in sites if s not in bad]
             if not sites:
                 return unchanged(verification)
-            rewritten, report = _rewrite(work_proto, context(sites), layout=layout, target=target)
+            rewritten, report = _rewrite(work_proto, context(sites), layout=layout, target=target, prelude=prelude)
             verification = compare_models(model, rewritten, n_samples=n_samples, seed=seed)
             if not verification.passed:  # should not happen; refuse to write anything unverified
                 message = "rolled back all rewrites: verification still fails after bisection"
@@ -298,13 +318,12 @@ def optimize_model(
     )
 
 
-def _bisect(original: onnx.ModelProto, work_proto: onnx.ModelProto, sites: list[ShiftSite], seed: int,
-            n_samples: int, context: Callable[[list[ShiftSite]], RewriteContext], target: str) -> list[ShiftSite]:
+def _bisect(original: onnx.ModelProto, sites: list[ShiftSite], seed: int, n_samples: int,
+            rewrite: Callable[[list[ShiftSite]], onnx.ModelProto]) -> list[ShiftSite]:
     """Sites that make the whole model differ (assuming sites fail independently)."""
 
     def ok(subset: list[ShiftSite]) -> bool:
-        rewritten, _ = _rewrite(work_proto, context(subset), layout=False, target=target)
-        return compare_models(original, rewritten, n_samples=n_samples, seed=seed).passed
+        return compare_models(original, rewrite(subset), n_samples=n_samples, seed=seed).passed
 
     bad: list[ShiftSite] = []
     stack = [list(sites)]

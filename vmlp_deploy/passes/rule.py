@@ -60,9 +60,17 @@ class Rule:
         self.context = context or RewriteContext()
 
     name: ClassVar[str]
+    #: The first line of the rule's docstring: what it does, in one line.
     summary: ClassVar[str]
     #: Kinds of match that only keep the rule's own books (recorded under ``kinds``, not counted as fired).
     bookkeeping: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, name: str = "", **kwargs: Any) -> None:
+        """``class MyRule(NodeRule, name="my-rule", anchors={"Op"})``: a rule declares itself in one line."""
+        super().__init_subclass__(**kwargs)
+        if name:
+            cls.name = name
+            cls.summary = (cls.__doc__ or name).strip().splitlines()[0]
 
     def find(self, model: ir.Model) -> Iterator[Any | Decline]:
         raise NotImplementedError
@@ -77,6 +85,11 @@ class NodeRule(Rule):
     anchors: ClassVar[frozenset[str]]
     #: Prefix of the names of the nodes and initializers the rule creates.
     prefix: ClassVar[str] = ""
+
+    def __init_subclass__(cls, anchors: Iterable[str] = (), prefix: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if anchors:
+            cls.anchors, cls.prefix = frozenset(anchors), prefix
 
     def find(self, model: ir.Model) -> Iterator[Any | Decline]:
         self.builder = Builder(model.graph, self.prefix)

@@ -2,7 +2,8 @@
 
 ``cpu`` (ONNX Runtime) keeps token maps channels-last, narrows the Transposes the shift rewrite left and
 starts the token map from a MatMul; ``openvino`` and ``npu`` run them channels-first end to end, which
-Conv-centred runtimes need. To add a rule: write its file in :mod:`.rules` and name it in a phase here.
+Conv-centred runtimes need. The phases before the one holding the shift rule run once, on the canonical
+model, before shift sites are sought. To add a rule: write its file in :mod:`.rules` and name it in a phase.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from .rule import Phase
 from .rules.cancel_transposes import CancelTransposes
 from .rules.channels_first import ChannelsFirst
 from .rules.fold_reshapes import FoldReshapePairs
+from .rules.fold_rolls import FoldRolls
 from .rules.fold_transposes import FoldTransposePairs
 from .rules.group_views import FlattenGroupViews
 from .rules.linear_to_conv import LinearToConv1x1
@@ -33,6 +35,8 @@ def transpose_elements(graph: ir.Graph) -> int:
     return total
 
 
+#: Runs on the canonical model before shift sites are sought (what it removes is no site).
+FOLD_ROLLS = Phase("fold-rolls", (FoldRolls,))
 SHIFT = Phase("shift", (ShiftToConv,), max_rounds=1)
 CLEANUP = Phase("cleanup", (FoldTransposePairs, CancelTransposes, FoldReshapePairs))
 CPU_LAYOUT = Phase("layout", (LinearToConv1x1, NarrowTransposes, UnitTransposeToReshape), needs_shapes=True,
@@ -42,7 +46,7 @@ GROUP_VIEWS = Phase("group-views", (FlattenGroupViews,), needs_shapes=True, layo
 PATCHIFY = Phase("patchify", (PatchConvToMatMul,), layout=True)
 
 RULE_SETS: dict[str, tuple[Phase, ...]] = {
-    "cpu": (SHIFT, CLEANUP, CPU_LAYOUT, GROUP_VIEWS, PATCHIFY, CLEANUP),
-    "openvino": (SHIFT, CLEANUP, CHANNELS_FIRST, GROUP_VIEWS, CLEANUP),
-    "npu": (SHIFT, CLEANUP, CHANNELS_FIRST, GROUP_VIEWS, CLEANUP),
+    "cpu": (FOLD_ROLLS, SHIFT, CLEANUP, CPU_LAYOUT, GROUP_VIEWS, PATCHIFY, CLEANUP),
+    "openvino": (FOLD_ROLLS, SHIFT, CLEANUP, CHANNELS_FIRST, GROUP_VIEWS, CLEANUP),
+    "npu": (FOLD_ROLLS, SHIFT, CLEANUP, CHANNELS_FIRST, GROUP_VIEWS, CLEANUP),
 }

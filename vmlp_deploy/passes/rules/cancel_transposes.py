@@ -51,10 +51,8 @@ def _side_ok(value: ir.Value | None, rank: int) -> bool:
     return value.shape is not None and all(isinstance(d, int) and d == 1 for d in value.shape.dims)
 
 
-class CancelTransposes(NodeRule):
-    name = "cancel-transposes"
-    summary = "Transpose -> elementwise chain -> Transpose: the pair composes (or cancels) around the chain"
-    anchors = frozenset({"Transpose"})
+class CancelTransposes(NodeRule, name="cancel-transposes", anchors={"Transpose"}):
+    """Transpose -> elementwise chain -> Transpose: the pair composes (or cancels) around the chain."""
 
     def match(self, first: ir.Node) -> _Match | Decline:
         p = perm_of(first, rank_of(first.inputs[0]))

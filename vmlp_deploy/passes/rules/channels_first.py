@@ -95,9 +95,9 @@ def _typed(value: ir.Value, like: ir.Value, shape: tuple[int, ...] | None) -> ir
     return value
 
 
-class ChannelsFirst(GraphRule):
-    name = "channels-first"
-    summary = "carry channels-last Transposes down the graph, rewriting each op channels-first"
+class ChannelsFirst(GraphRule, name="channels-first"):
+    """Carry channels-last Transposes down the graph, rewriting each op channels-first."""
+
     #: Lifting a Transpose, flattening views, cancelling and restoring keep books; the rest rewrites ops.
     bookkeeping = frozenset({"lift", "cancel", "reshape", "restore"})
 

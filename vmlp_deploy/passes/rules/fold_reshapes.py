@@ -11,10 +11,8 @@ from .._graph import Builder
 from ..rule import Decline, NodeRule
 
 
-class FoldReshapePairs(NodeRule):
-    name = "fold-reshape-pairs"
-    summary = "Reshape(Reshape(x, s1), s2) -> Reshape(x, s2)"
-    anchors = frozenset({"Reshape"})
+class FoldReshapePairs(NodeRule, name="fold-reshape-pairs", anchors={"Reshape"}):
+    """Reshape(Reshape(x, s1), s2) -> Reshape(x, s2)."""
 
     def match(self, node: ir.Node) -> tuple[ir.Node, ir.Value] | Decline:
         src = node.inputs[0]

@@ -20,10 +20,8 @@ class _Match:
     perm: list[int]
 
 
-class FoldTransposePairs(NodeRule):
-    name = "fold-transpose-pairs"
-    summary = "Transpose(Transpose(x, p), q) -> Transpose(x, p[q]) or x"
-    anchors = frozenset({"Transpose"})
+class FoldTransposePairs(NodeRule, name="fold-transpose-pairs", anchors={"Transpose"}):
+    """Transpose(Transpose(x, p), q) -> Transpose(x, p[q]) or x."""
 
     def match(self, node: ir.Node) -> _Match | Decline:
         src = node.inputs[0]

@@ -62,11 +62,8 @@ class _Match:
     uses: list[tuple[ir.Node, ir.Value, str]]  # (consumer, the view it reads, how it runs on 4-D)
 
 
-class FlattenGroupViews(NodeRule):
-    name = "flatten-group-views"
-    summary = "grouped-channel 5-D views (B, K, C, H, W) -> the 4-D tensor, weights reshaped, Split + Add"
-    anchors = frozenset({"Reshape"})
-    prefix = "group_view"
+class FlattenGroupViews(NodeRule, name="flatten-group-views", anchors={"Reshape"}, prefix="group_view"):
+    """Grouped-channel 5-D views (B, K, C, H, W) -> the 4-D tensor, weights reshaped, Split + Add."""
 
     def match(self, reshape: ir.Node) -> _Match | Decline:
         k = _group_view(reshape)

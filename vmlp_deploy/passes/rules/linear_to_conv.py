@@ -113,10 +113,8 @@ class _Match:
     linear: Linear
 
 
-class LinearToConv1x1(NodeRule):
-    name = "linear-to-conv1x1"
-    summary = "Transpose(Linear(a), channels-first) -> Conv1x1(Transpose(a)) when a is narrower"
-    anchors = frozenset({"Transpose"})
+class LinearToConv1x1(NodeRule, name="linear-to-conv1x1", anchors={"Transpose"}):
+    """Transpose(Linear(a), channels-first) -> Conv1x1(Transpose(a)) when a is narrower."""
 
     def match(self, node: ir.Node) -> _Match | Decline:
         shape = static_shape(node.inputs[0])

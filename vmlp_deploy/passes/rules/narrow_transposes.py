@@ -62,10 +62,8 @@ class _Match:
     plan: _Plan
 
 
-class NarrowTransposes(NodeRule):
-    name = "narrow-transposes"
-    summary = "carry a Transpose down to the narrowest tensor it reaches (or where it cancels)"
-    anchors = frozenset({"Transpose"})
+class NarrowTransposes(NodeRule, name="narrow-transposes", anchors={"Transpose"}):
+    """Carry a Transpose down to the narrowest tensor it reaches (or where it cancels)."""
 
     def match(self, node: ir.Node) -> _Match | Decline:
         source, out = node.inputs[0], node.outputs[0]

@@ -58,11 +58,8 @@ class _Match:
     x_shape: tuple[int, ...]
 
 
-class PatchConvToMatMul(NodeRule):
-    name = "patch-conv-to-matmul"
-    summary = "patch-embedding Conv read back channels-last -> space-to-depth + MatMul"
-    anchors = frozenset({"Conv"})
-    prefix = "patchify"
+class PatchConvToMatMul(NodeRule, name="patch-conv-to-matmul", anchors={"Conv"}, prefix="patchify"):
+    """Patch-embedding Conv read back channels-last -> space-to-depth + MatMul."""
 
     def match(self, node: ir.Node) -> _Match | Decline:
         kernel = _patch_kernel(node)

@@ -34,7 +34,7 @@ from ...onnx_io import cpu_session
 from .._graph import FLOAT_DTYPES, Builder, can_raise_opset, static_shape
 from ..probe import probe_region
 from ..regions import SHIFT_MARKER_OPS, ConstInfo, Region, RegionFinder, analyse_constants, region_model
-from ..rule import Decline, GraphRule, RewriteContext
+from ..rule import Decline, GraphRule
 from ..shift_fit import ShiftPlan, channel_axis_hint, fit_shift, layout_ops
 
 __all__ = [
@@ -392,13 +392,13 @@ def emission_opset(model: ir.Model) -> int:
     return 19 if opset < 19 and can_raise_opset(model, 19) else opset
 
 
-class ShiftToConv(GraphRule):
-    """The probe-based rule: ``find`` proves regions to be shifts (:func:`find_shift_sites`, each replacement
+class ShiftToConv(GraphRule, name="shift-to-conv"):
+    """A region that only shifts channels -> Pad + depthwise Conv (probed, fitted, checked).
+
+    The probe-based rule: ``find`` proves regions to be shifts (:func:`find_shift_sites`, each replacement
     checked alone), ``rewrite`` replaces one site. When the context already holds sites (the pipeline found
     them once and bisects over subsets), those are applied."""
 
-    name = "shift-to-conv"
-    summary = "a region that only shifts channels -> Pad + depthwise Conv (probed, fitted, checked)"
 
     def find(self, model: ir.Model) -> Iterator[ShiftSite | Decline]:
         ctx = self.context

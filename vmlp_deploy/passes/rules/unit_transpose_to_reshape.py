@@ -9,10 +9,8 @@ from .._graph import Builder, is_identity, only_unit_axes_move, perm_of, replace
 from ..rule import Decline, NodeRule
 
 
-class UnitTransposeToReshape(NodeRule):
-    name = "unit-transpose-to-reshape"
-    summary = "a Transpose that only moves size-1 axes -> Reshape"
-    anchors = frozenset({"Transpose"})
+class UnitTransposeToReshape(NodeRule, name="unit-transpose-to-reshape", anchors={"Transpose"}):
+    """A Transpose that only moves size-1 axes -> Reshape."""
 
     def match(self, node: ir.Node) -> ir.Node | Decline:
         shape, out_shape = static_shape(node.inputs[0]), static_shape(node.outputs[0])
