@@ -25,13 +25,14 @@ import onnx
 from .. import cpu
 from ..backends import BACKENDS, RunOptions, Session
 from ..errors import FidelityGateError, UserError
-from ..progress import Progress, Quiet
+from ..preprocess import Recipe
+from ..progress import Progress, Quiet, TimedSteps
 from ..rundir import MANIFEST, check_output_dir, peak_rss_mb, sha256_file, staged_dir, write_json
 from ._bar import bar
 from .base import Quantizer, require_modules
 from .data import DataStats, ImageFolder, SampleSet, load_directory, load_embedded
-from .fidelity import WORST_LAYERS, FidelityReport, compare_logits, layer_sqnr, run_all
-from .layout import QuickQuantize, choose_layout
+from .fidelity import WORST_LAYERS, FidelityReport, LogitsReport, compare_logits, layer_sqnr, run_all
+from .layout import LayoutChoice, QuickQuantize, choose_layout
 from .options import QuantizeOptions
 from .registry import QUANTIZERS
 from .report import write_report
@@ -265,27 +266,82 @@ def _auto_keep_float(quantizer: Quantizer, source: SourceModel, options: Quantiz
     return result
 
 
+@dataclass
+class _Run:
+    """What the stage settles before it reads any data, the steps it times, and the warnings it gathers."""
+
+    opt: QuantizeOptions
+    #: Parts that draw their own bars or steps get ``progress``; ``steps`` shows and times the named steps.
+    progress: Progress
+    steps: TimedSteps
+    source: SourceModel
+    kind: type[Quantizer]
+    target: cpu.CpuTarget
+    choice: SchemeChoice
+    host_ok: bool
+    out: Path
+    recipe: Recipe | None
+    recipe_origin: str
+    folder: ImageFolder | None
+    warnings: list[str]
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.source.manifest.get("model", {}).get("random_weights", False))
+
+
 def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
                  progress: Progress | None = None) -> QuantizeResult:
     """Quantize the model in ``run_dir`` to INT8 for ``options.backend``; see the module docstring."""
     opt = options or QuantizeOptions()
     opt.check()
-    progress = progress or Quiet()
     start = time.perf_counter()
-    timings: dict[str, float] = {}
-    warnings: list[str] = []
+    run = _settle(run_dir, opt, progress or Quiet())
+    steps = run.steps
+    with steps.timed("load_data"):
+        data = _load_data(run.source, opt, run.recipe, run.progress)
+    run.warnings += _data_warnings(opt, data.stats)
+    with tempfile.TemporaryDirectory(prefix="vmlp-quantize-") as work_name, staged_dir(run.out, opt.overwrite) as tmp:
+        work = Path(work_name)
+        layout = _choose_layout(run, data.calibration, work)
+        quantizer = run.kind.create(layout.source, opt, run.choice.scheme, work, run.source.onnx_path)
+        with steps.timed("calibrate"):
+            quantizer.prepare(data.calibration, run.progress)
+        keep = _named_keep_float(opt, quantizer.float_model)
+        model_path = _quantize(run, quantizer, keep, tmp)
+        fp32 = _load(quantizer, run.source.onnx_path, opt.threads)
+        sensitivity = None
+        if opt.keep_float_auto:
+            with steps.timed("sensitivity"):
+                sensitivity, model_path = _search_keep_float(run, quantizer, data, fp32, model_path, work, tmp)
+            keep = sensitivity.kept
+        graph_check = quantizer.post_check(model_path, run.progress)
+        int8, fidelity = _measure_fidelity(run, quantizer, fp32, model_path, data.held_out, work)
+        saturation = None
+        if quantizer.predicts_saturation and run.target.isa.u8s8_saturates:
+            saturation = _target_saturation(run, model_path, data.held_out, work)
+        _warn_low_agreement(run, fidelity.logits)
+        accuracy = None
+        if run.folder is not None and run.recipe is not None:
+            with steps.timed("accuracy"):
+                accuracy = _accuracy(run.folder, run.recipe, fp32, int8, run.source.batch, run.progress)
+        gate = _apply_gate(run, fidelity.logits, accuracy, len(keep))
+        steps.seconds["total"] = round(time.perf_counter() - start, 3)
+        result = _write(run, tmp, quantizer, layout, model_path, data.stats, keep, sensitivity, fidelity, accuracy,
+                        graph_check, saturation, gate, steps.seconds)
+    return result
 
-    def timed(key: str, since: float) -> None:
-        timings[key] = round(time.perf_counter() - since, 3)
 
+def _settle(run_dir: Path, opt: QuantizeOptions, progress: Progress) -> _Run:
+    """Open the source and settle the quantizer, target CPU, integer scheme, output and recipe: every refusal
+    comes before any data is read."""
     source = open_source(run_dir)
     kind = QUANTIZERS[opt.backend]
     require_modules(kind)
     target = cpu.resolve_target(opt.target_cpu)
     choice = choose_scheme(opt.backend, target, opt.int8_scheme)
     progress.note(f"INT8 scheme {choice.scheme.name}: {choice.reason}")
-    if choice.warning:
-        warnings.append(choice.warning)
+    warnings = [choice.warning] if choice.warning else []
     host_ok = BACKENDS[kind.backend].accelerator or cpu.host_stands_for(target, integer_only=True)
     if not host_ok:
         warnings.append(f"this host ({cpu.host().isa.summary()}) does not run the integer kernels of --target-cpu "
@@ -298,112 +354,132 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
     if folder is not None and recipe is None:
         raise UserError("--eval-data images need preprocessing, and the model carries no recipe: pass --mean R G B "
                         "--std R G B (and --resize, --interpolation) or --recipe FILE")
-    t = time.perf_counter()
-    data = _load_data(source, opt, recipe, progress)
-    timed("load_data", t)
-    if opt.calibration_data is None:
-        warnings.append(EMBEDDED_WARNING)
-    if data.stats.skipped_unreadable or data.stats.skipped_too_small:
-        warnings.append(f"skipped {len(data.stats.skipped_unreadable)} unreadable and "
-                        f"{len(data.stats.skipped_too_small)} too-small file(s) (listed in the manifest)")
-    if data.stats.note and opt.calibration_data is not None:
-        warnings.append(data.stats.note)
-
-    with tempfile.TemporaryDirectory(prefix="vmlp-quantize-") as work_name, staged_dir(out, opt.overwrite) as tmp:
-        work = Path(work_name)
-        layout = choose_layout(source, kind, opt.layout, host_ok, data.calibration,
-                               _quick_quantizer(kind, opt, choice.scheme, source.onnx_path), work, progress, opt.threads,
-                               named_nodes=bool(opt.keep_float) and not opt.keep_float_auto)
-        progress.note(f"Layout: {layout.layout} ({layout.how}: {layout.reason})")
-        quantizer = kind.create(layout.source, opt, choice.scheme, work, source.onnx_path)
-        t = time.perf_counter()
-        quantizer.prepare(data.calibration, progress)
-        timed("calibrate", t)
-        keep = [] if opt.keep_float_auto or not opt.keep_float else resolve_keep_float(opt.keep_float,
-                                                                                         quantizer.float_model)
-        t = time.perf_counter()
-        with progress.step(f"Quantizing for {opt.backend}" + (f" ({len(keep)} node(s) kept in float)" if keep else "")):
-            model_path = quantizer.quantize(keep, tmp)
-        timed("quantize", t)
-        fp32 = _load(quantizer, source.onnx_path, opt.threads)
-        sensitivity = None
-        if opt.keep_float_auto:
-            t = time.perf_counter()
-            sensitivity = _auto_keep_float(quantizer, source, opt, data, fp32, model_path, work, progress,
-                                           quantizer.predicts_saturation and choice.scheme.saturates_on(target.isa))
-            keep = sensitivity.kept
-            if keep:
-                with progress.step(f"Quantizing for {opt.backend} with {len(keep)} layer(s) kept in float"):
-                    model_path = quantizer.quantize(keep, tmp)
-            if not sensitivity.met:
-                warnings.append(f"--keep-float auto did not reach {opt.min_agreement:.1%} top-1 agreement within "
-                                f"{opt.sensitivity_rounds} rounds; kept the best setting seen")
-            timed("sensitivity", t)
-        graph_check = quantizer.post_check(model_path, progress)
-        t = time.perf_counter()
-        with progress.step(f"Measuring fidelity on {len(data.held_out)} held-out samples"):
-            int8 = _load(quantizer, model_path, opt.threads)
-            logits = compare_logits(run_all(fp32, data.held_out, source.batch),
-                                    run_all(int8, data.held_out, source.batch))
-            fidelity = FidelityReport(logits, quantizer.check_runtime, getattr(int8, "precision", "int8"))
-            layers = quantizer.quantized_consumers(model_path)
-            run_fp32, run_int8, pairs = quantizer.layer_probes(model_path, layers, work, opt.threads)
-            measured = layer_sqnr(run_fp32, run_int8, pairs, data.held_out[:LAYER_SAMPLES], source.input_name,
-                                  source.batch)
-            fidelity.layers_measured, fidelity.layer_samples = len(measured), min(LAYER_SAMPLES, len(data.held_out))
-            fidelity.worst_layers = measured[:WORST_LAYERS]
-            fidelity.layer_method = quantizer.layer_method
-        timed("fidelity", t)
-        saturation = None
-        if quantizer.predicts_saturation and target.isa.u8s8_saturates:
-            t = time.perf_counter()
-            with progress.step(f"Predicting int16 pair saturation on {target.name} ({target.isa.summary()})"):
-                saturation = _predict_saturation(model_path, data.held_out, source, target, work)
-            if saturation["summary"]["saturated_pairs"]:
-                warnings.append(f"predicted on {target.name}: {saturation['summary']['rate']:.3%} of u8 x s8 pairs "
-                                f"saturate in {saturation['summary']['saturating_layers']} layer(s) "
-                                "(see saturation_prediction in the manifest); --int8-scheme auto avoids it")
-            timed("saturation_prediction", t)
-        random_weights = bool(source.manifest.get("model", {}).get("random_weights", False))
-        if logits.top1_agreement < opt.min_agreement and not random_weights:
-            warnings.append(f"top-1 agreement {logits.top1_agreement:.1%} is below --min-agreement "
-                            f"{opt.min_agreement:.1%}" + ("" if opt.keep_float_auto else
-                                                         ": try --keep-float auto"))
-        accuracy = None
-        if folder is not None and recipe is not None:
-            t = time.perf_counter()
-            accuracy = _accuracy(folder, recipe, fp32, int8, source.batch, progress)
-            timed("accuracy", t)
-        gate = fidelity_gate(opt, logits, accuracy, random_weights, len(keep))
-        if not gate.passed:
-            if opt.gate:
-                raise FidelityGateError(f"fidelity gate failed: {gate.note}")
-            warnings.append(f"--no-gate: written although the fidelity gate failed ({gate.note})")
-        timings["total"] = round(time.perf_counter() - start, 3)
-        peak = peak_rss_mb()
-        settings = {**opt.to_dict(), **quantizer.settings()}
-        manifest = _manifest(source, opt, recipe, recipe_origin, model_path, settings, data.stats, keep,
-                             sensitivity, fidelity, accuracy, graph_check, timings, peak, warnings)
-        manifest["stages"]["quantize"].update(_target_record(target, choice, host_ok, gate))
-        manifest["stages"]["quantize"]["layout"] = layout.to_dict()
-        manifest["stages"]["quantize"]["saturation_prediction"] = saturation
-        write_json(tmp / MANIFEST, manifest)
-        result = QuantizeResult(out, out / model_path.name, opt.backend, source.onnx_path, manifest, settings,
-                                data.stats, fidelity, accuracy, keep, sensitivity, graph_check, timings, peak, warnings,
-                                target, choice, gate)
-        write_report(tmp / "quantize.md", result)
-    return result
+    return _Run(opt, progress, TimedSteps(progress), source, kind, target, choice, host_ok, out, recipe, recipe_origin,
+                folder, warnings)
 
 
-def _predict_saturation(model_path: Path, samples: np.ndarray, source: SourceModel, target: cpu.CpuTarget,
-                        work: Path) -> dict[str, Any]:
-    """Per layer, how often u8 x s8 pairs leave int16 on ``target``'s kernels (saturation.py), worst first."""
-    layers = predict_saturation(model_path, samples, source.input_name, source.batch, work)
+def _data_warnings(opt: QuantizeOptions, stats: DataStats) -> list[str]:
+    """What the manifest should say about the calibration data: embedded photographs, skipped files."""
+    warnings = [EMBEDDED_WARNING] if opt.calibration_data is None else []
+    if stats.skipped_unreadable or stats.skipped_too_small:
+        warnings.append(f"skipped {len(stats.skipped_unreadable)} unreadable and "
+                        f"{len(stats.skipped_too_small)} too-small file(s) (listed in the manifest)")
+    if stats.note and opt.calibration_data is not None:
+        warnings.append(stats.note)
+    return warnings
+
+
+def _choose_layout(run: _Run, samples: np.ndarray, work: Path) -> LayoutChoice:
+    opt = run.opt
+    layout = choose_layout(run.source, run.kind, opt.layout, run.host_ok, samples,
+                           _quick_quantizer(run.kind, opt, run.choice.scheme, run.source.onnx_path), work, run.progress,
+                           opt.threads, named_nodes=bool(opt.keep_float) and not opt.keep_float_auto)
+    run.progress.note(f"Layout: {layout.layout} ({layout.how}: {layout.reason})")
+    return layout
+
+
+def _named_keep_float(opt: QuantizeOptions, float_model: Path) -> list[str]:
+    """The nodes ``--keep-float NAMES`` names (none for ``auto``: the search decides later)."""
+    if opt.keep_float_auto or not opt.keep_float:
+        return []
+    return resolve_keep_float(opt.keep_float, float_model)
+
+
+def _quantize(run: _Run, quantizer: Quantizer, keep: list[str], out_dir: Path) -> Path:
+    with run.steps.step(f"Quantizing for {run.opt.backend}" + (f" ({len(keep)} node(s) kept in float)" if keep else ""),
+                        "quantize"):
+        return quantizer.quantize(keep, out_dir)
+
+
+def _search_keep_float(run: _Run, quantizer: Quantizer, data: SampleSet, fp32: Session, model_path: Path,
+                       work: Path, out_dir: Path) -> tuple[SearchResult, Path]:
+    """``--keep-float auto``: find the layers to keep in float, then quantize again with them kept."""
+    opt = run.opt
+    saturating = quantizer.predicts_saturation and run.choice.scheme.saturates_on(run.target.isa)
+    sensitivity = _auto_keep_float(quantizer, run.source, opt, data, fp32, model_path, work, run.progress,
+                                   saturating)
+    keep = sensitivity.kept
+    if keep:
+        with run.progress.step(f"Quantizing for {opt.backend} with {len(keep)} layer(s) kept in float"):
+            model_path = quantizer.quantize(keep, out_dir)
+    if not sensitivity.met:
+        run.warnings.append(f"--keep-float auto did not reach {opt.min_agreement:.1%} top-1 agreement within "
+                            f"{opt.sensitivity_rounds} rounds; kept the best setting seen")
+    return sensitivity, model_path
+
+
+def _measure_fidelity(run: _Run, quantizer: Quantizer, fp32: Session, model_path: Path, held_out: np.ndarray,
+                      work: Path) -> tuple[Session, FidelityReport]:
+    """FP32 vs INT8 logits on the held-out samples, then the SQNR of every quantized layer on a few of them."""
+    source, threads = run.source, run.opt.threads
+    with run.steps.step(f"Measuring fidelity on {len(held_out)} held-out samples", "fidelity"):
+        int8 = _load(quantizer, model_path, threads)
+        logits = compare_logits(run_all(fp32, held_out, source.batch), run_all(int8, held_out, source.batch))
+        fidelity = FidelityReport(logits, quantizer.check_runtime, getattr(int8, "precision", "int8"))
+        layers = quantizer.quantized_consumers(model_path)
+        run_fp32, run_int8, pairs = quantizer.layer_probes(model_path, layers, work, threads)
+        measured = layer_sqnr(run_fp32, run_int8, pairs, held_out[:LAYER_SAMPLES], source.input_name, source.batch)
+        fidelity.layers_measured, fidelity.layer_samples = len(measured), min(LAYER_SAMPLES, len(held_out))
+        fidelity.worst_layers = measured[:WORST_LAYERS]
+        fidelity.layer_method = quantizer.layer_method
+    return int8, fidelity
+
+
+def _target_saturation(run: _Run, model_path: Path, samples: np.ndarray, work: Path) -> dict[str, Any]:
+    """Per layer, how often u8 x s8 pairs leave int16 on the target's kernels (saturation.py), worst first."""
+    target = run.target
+    with run.steps.step(f"Predicting int16 pair saturation on {target.name} ({target.isa.summary()})",
+                        "saturation_prediction"):
+        layers = predict_saturation(model_path, samples, run.source.input_name, run.source.batch, work)
     worst = sorted((layer for layer in layers if layer.pairs), key=lambda layer: (-layer.rate, layer.sqnr_db))
+    summary = summarize_saturation(layers).to_dict()
+    if summary["saturated_pairs"]:
+        run.warnings.append(f"predicted on {target.name}: {summary['rate']:.3%} of u8 x s8 pairs saturate in "
+                            f"{summary['saturating_layers']} layer(s) (see saturation_prediction in the manifest); "
+                            "--int8-scheme auto avoids it")
     return {"target": target.name, "samples": min(len(samples), SATURATION_SAMPLES),
             "method": "u8 activation codes of the held-out samples x int8 weights, pairs of adjacent K summed in "
                       "int16 as vpmaddubsw does (quantize/saturation.py)",
-            "summary": summarize_saturation(layers).to_dict(), "worst_layers": [w.to_dict() for w in worst[:10]]}
+            "summary": summary, "worst_layers": [w.to_dict() for w in worst[:10]]}
+
+
+def _warn_low_agreement(run: _Run, logits: LogitsReport) -> None:
+    """Random weights have near-tied logits, so their agreement says nothing and is not warned about."""
+    opt = run.opt
+    if logits.top1_agreement < opt.min_agreement and not run.random_weights:
+        run.warnings.append(f"top-1 agreement {logits.top1_agreement:.1%} is below --min-agreement "
+                            f"{opt.min_agreement:.1%}" + ("" if opt.keep_float_auto else ": try --keep-float auto"))
+
+
+def _apply_gate(run: _Run, logits: LogitsReport, accuracy: AccuracyReport | None, kept: int) -> GateResult:
+    """Fail the stage (nothing written) when the gate fails, unless ``--no-gate``, which writes it with a warning."""
+    gate = fidelity_gate(run.opt, logits, accuracy, run.random_weights, kept)
+    if not gate.passed:
+        if run.opt.gate:
+            raise FidelityGateError(f"fidelity gate failed: {gate.note}")
+        run.warnings.append(f"--no-gate: written although the fidelity gate failed ({gate.note})")
+    return gate
+
+
+def _write(run: _Run, tmp: Path, quantizer: Quantizer, layout: LayoutChoice, model_path: Path, stats: DataStats,
+           keep: list[str], sensitivity: SearchResult | None, fidelity: FidelityReport,
+           accuracy: AccuracyReport | None, graph_check: dict[str, Any] | None, saturation: dict[str, Any] | None,
+           gate: GateResult, timings: dict[str, float]) -> QuantizeResult:
+    """``manifest.json`` and ``quantize.md`` beside the model in the staged output directory."""
+    opt, source = run.opt, run.source
+    peak = peak_rss_mb()
+    settings = {**opt.to_dict(), **quantizer.settings()}
+    manifest = _manifest(source, opt, run.recipe, run.recipe_origin, model_path, settings, stats, keep,
+                         sensitivity, fidelity, accuracy, graph_check, timings, peak, run.warnings)
+    manifest["stages"]["quantize"].update(_target_record(run.target, run.choice, run.host_ok, gate))
+    manifest["stages"]["quantize"]["layout"] = layout.to_dict()
+    manifest["stages"]["quantize"]["saturation_prediction"] = saturation
+    write_json(tmp / MANIFEST, manifest)
+    result = QuantizeResult(run.out, run.out / model_path.name, opt.backend, source.onnx_path, manifest, settings,
+                            stats, fidelity, accuracy, keep, sensitivity, graph_check, timings, peak, run.warnings,
+                            run.target, run.choice, gate)
+    write_report(tmp / "quantize.md", result)
+    return result
 
 
 def _target_record(target: cpu.CpuTarget, choice: SchemeChoice, host_ok: bool, gate: GateResult) -> dict[str, Any]:
