@@ -100,8 +100,9 @@ def _int8_run(export_dir: Path, backend: str, opt: DeployOptions, progress: Prog
 
 
 def _profile_backends(backends: tuple[str, ...]) -> tuple[str, ...]:
-    """The runtimes the INT8 models are profiled on: those deployed on this host's CPU, since deploy measures the
-    CPU the model is for; an accelerator backend (TensorRT) only when it is the one asked for."""
+    """The backends the models are profiled on: each INT8 run's deploy backend, less the accelerator ones (a
+    TensorRT engine needs a GPU this host may lack; its Q/DQ model is still profiled on the others), unless
+    nothing else was asked for."""
     runtimes = tuple(QUANTIZERS[b].backend for b in backends)
     return tuple(r for r in runtimes if not BACKENDS[r].accelerator) or runtimes
 
