@@ -112,6 +112,48 @@ class GraphRule(Rule):
     """A rule that finds its matches over the whole graph (``find``) and rewrites each (``rewrite``)."""
 
 
+class LibraryRule(Rule):
+    """A rule of onnxscript's rewriter (pattern, check, replacement) run by this driver and reported like ours.
+
+    ``library`` holds the onnxscript rules, tried in order at every node whose type is in ``anchors``; an
+    Identity a replacement ends in is bypassed (onnxscript writes ``Identity(x)`` where a pattern vanishes).
+    """
+
+    library: ClassVar[tuple[Any, ...]]
+    anchors: ClassVar[frozenset[str]]
+
+    def __init_subclass__(cls, library: tuple[Any, ...] = (), anchors: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if library:
+            cls.library, cls.anchors = library, frozenset(anchors)
+
+    def find(self, model: ir.Model) -> Iterator[Any | Decline]:
+        for node in list(model.graph):
+            if node.graph is None or node.op_type not in self.anchors:
+                continue
+            reasons = []
+            for rule in self.library:
+                found = rule.match(model, model.graph, node, check_nodes_are_removable=rule.remove_nodes)
+                delta = rule.try_rewrite(model, model.graph, node) if found else None
+                if delta is not None:
+                    yield node, delta
+                    break
+                why = (found.reason if found is not None else "") or ("no replacement" if found else "pattern does not match")
+                reasons.append(f"{rule.name or 'onnxscript rule'}: {why}")
+            else:
+                yield Decline("; ".join(reasons))
+
+    def rewrite(self, model: ir.Model, match: Any) -> None:
+        node, delta = match
+        for initializer in delta.new_initializers:
+            model.graph.register_initializer(initializer)
+        ir.convenience.replace_nodes_and_values(model.graph, node, delta.match.nodes, delta.new_nodes,
+                                                delta.match.outputs, delta.new_outputs)
+        for new in delta.new_nodes:
+            if new.op_type == "Identity" and not new.outputs[0].is_graph_output():
+                ir.convenience.replace_all_uses_with(new.outputs[0], new.inputs[0])
+
+
 @dataclasses.dataclass
 class RuleReport:
     """One rule's record: how often it fired, and why it declined where it looked (at the fixed point)."""
