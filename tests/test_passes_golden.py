@@ -23,7 +23,7 @@ from vmlp_deploy.onnx_io import op_histogram
 from vmlp_deploy.passes import optimize_model
 
 GOLDEN = Path(__file__).parent / "data" / "passes_golden.json"
-TARGETS = ("cpu", "openvino", "npu")
+TARGETS_PINNED = ("cpu", "openvino", "npu")
 #: One full-size model: the tiny variants have fewer blocks, and the issue's numbers are quoted at full size.
 FULL_SIZE = ("s2mlpv2_small",)
 
@@ -37,11 +37,17 @@ def _snapshot(name: str, tiny: bool, folder: Path) -> dict[str, dict]:
     naive_path = export_model(load_model(name, tiny=tiny), folder, ExportOptions(rewrite=False)).onnx_path
     naive = onnx.load(str(naive_path))
     out = {}
-    for target, edge in [(t, "pad") for t in TARGETS] + [("cpu", "mask")]:
+    for target, edge in [(t, "pad") for t in TARGETS_PINNED] + [("cpu", "mask")]:
         result = optimize_model(naive, target=target, edge=edge, verify=False)
         out[target if edge == "pad" else f"{target} edge={edge}"] = {"nodes": len(result.model.graph.node), "ops": op_histogram(result.model),
                        "patterns": result.pattern_counts()}
     return out
+
+
+def test_every_target_the_cli_offers_has_a_rule_set() -> None:
+    from vmlp_deploy.passes import RULE_SETS, TARGETS
+
+    assert set(RULE_SETS) == set(TARGETS) and set(TARGETS) == set(TARGETS_PINNED)
 
 
 def _key(name: str, tiny: bool) -> str:

@@ -20,10 +20,10 @@ import onnx
 import onnx_ir as ir
 
 from ..onnx_io import op_histogram
-from ..targets import TARGETS
+from ..targets import DEFAULT_TARGET
 from .canonicalize import canonicalize
 from .npu import NpuReport, npu_report
-from .rule import PassReport, Phase, RewriteContext, run_phase
+from .rule import PassReport, RewriteContext, run_phase
 from .rule_sets import RULE_SETS
 from .rules.shift_to_conv import (
     EDGE_DEFAULT,
@@ -51,7 +51,7 @@ class OptimizeResult:
     skipped: list[SkippedRegion] = dataclasses.field(default_factory=list)
     report: PassReport = dataclasses.field(default_factory=PassReport)
     seconds: float = 0.0
-    target: str = "cpu"
+    target: str = DEFAULT_TARGET
     npu: NpuReport | None = None
 
     @property
@@ -61,8 +61,9 @@ class OptimizeResult:
 
     @property
     def changed(self) -> bool:
-        folded = self.report.total(*(rule.name for phase in _split(self.target)[0] for rule in phase.rules))
-        return bool(self.patterns) or bool(folded) or bool(self.target != "cpu" and self.layout_changes)
+        rule_set = RULE_SETS[self.target]
+        folded = self.report.total(*rule_set.rule_names(rule_set.split(ShiftToConv)[0]))
+        return bool(self.patterns) or bool(folded) or bool(rule_set.layout_without_shifts and self.layout_changes)
 
     def pattern_counts(self) -> dict[str, int]:
         """'kind layout' -> number of sites."""
@@ -76,7 +77,7 @@ class OptimizeResult:
         return cleanup_counts(self.report)
 
     def layout_counts(self) -> dict[str, int] | None:
-        return layout_counts(self.report) if self.target == "cpu" else None
+        return layout_counts(self.report)
 
     def channels_first_counts(self) -> dict[str, int] | None:
         return channels_first_counts(self.report)
@@ -183,19 +184,12 @@ _LAYOUT_RULES = ("narrow-transposes", "linear-to-conv1x1", "unit-transpose-to-re
                  "patch-conv-to-matmul", "channels-first")
 
 
-def _split(target: str) -> tuple[tuple[Phase, ...], tuple[Phase, ...]]:
-    """The target's phases before the shift rule's phase (run before sites are sought), and the rest."""
-    phases = RULE_SETS[target]
-    start = next(i for i, phase in enumerate(phases) if ShiftToConv in phase.rules)
-    return phases[:start], phases[start:]
-
-
 def _rewrite(work_proto: onnx.ModelProto, context: RewriteContext, *, layout: bool, target: str,
              prelude: PassReport) -> tuple[onnx.ModelProto, PassReport]:
     """The rest of the target's rule set on a copy of the canonical model (layout phases only when ``layout``)."""
     model = ir.from_proto(work_proto)
     report = copy.deepcopy(prelude)
-    for phase in _split(target)[1]:
+    for phase in RULE_SETS[target].split(ShiftToConv)[1]:
         if layout or not phase.layout:
             model = run_phase(model, phase, report, context)
     model.graph.sort()
@@ -212,7 +206,7 @@ def optimize_model(
     n_samples: int = 3,
     edge: str = EDGE_DEFAULT,
     layout: bool = True,
-    target: str = "cpu",
+    target: str = DEFAULT_TARGET,
 ) -> OptimizeResult:
     """Replace every shift idiom in ``model`` by Pad + depthwise Conv and lay it out for ``target``, verified.
 
@@ -237,17 +231,18 @@ def optimize_model(
     Returns:
         :class:`OptimizeResult`. When nothing is rewritten, ``result.model is model``.
     """
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
+    if target not in RULE_SETS:
+        raise ValueError(f"unknown target {target!r}: use one of {', '.join(RULE_SETS)}")
     start = time.perf_counter()
     log: Callable[[str], None] | None = (lambda msg: print(f"[passes] {msg}", file=sys.stderr)) if progress else None
     ops_before = op_histogram(model)
     nodes_before = len(model.graph.node)
     if log:
         log(f"canonicalising ({nodes_before} nodes)")
+    rule_set = RULE_SETS[target]
     prelude = PassReport(rule_set=target)
     work = canonicalize(model)
-    for phase in _split(target)[0]:
+    for phase in rule_set.split(ShiftToConv)[0]:
         work = run_phase(work, phase, prelude, RewriteContext(edge=edge, max_shift=max_shift, seed=seed))
     work_proto = ir.serde.serialize_model(work)
     sites, skipped, rolled_back = find_shift_sites(work, max_shift=max_shift, seed=seed, check=True, progress=log,
@@ -260,10 +255,10 @@ def optimize_model(
         return OptimizeResult(model, [], nodes_before, nodes_before, ops_before, dict(ops_before), verification,
                               rolled_back, skipped, report=report or PassReport(rule_set=target),
                               seconds=time.perf_counter() - start, target=target,
-                              npu=npu_report(model) if target == "npu" else None)
+                              npu=npu_report(model) if rule_set.npu_report else None)
 
     folded = sum(record.fired for record in prelude.rules.values())
-    if not sites and not folded and (target == "cpu" or not layout):
+    if not sites and not folded and not (rule_set.layout_without_shifts and layout):
         return unchanged(report=prelude)
     if log:
         log(f"rewriting {len(sites)} site(s)")
@@ -314,7 +309,7 @@ def optimize_model(
         report=report,
         seconds=time.perf_counter() - start,
         target=target,
-        npu=npu_report(rewritten) if target == "npu" else None,
+        npu=npu_report(rewritten) if rule_set.npu_report else None,
     )
 
 

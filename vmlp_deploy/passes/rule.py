@@ -217,6 +217,28 @@ class Phase:
     metric: tuple[str, Callable[[ir.Graph], int]] | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class RuleSet:
+    """A target's phases, in order, and what the pipeline does for that target beyond running them."""
+
+    name: str
+    phases: tuple[Phase, ...]
+    #: Run the layout phases even where no shift is found (the layout itself is the point: channels-first).
+    layout_without_shifts: bool = False
+    #: Add the report of what an edge NPU compiler may reject.
+    npu_report: bool = False
+
+    def split(self, first: type[Rule]) -> tuple[tuple[Phase, ...], tuple[Phase, ...]]:
+        """The phases before the one holding ``first``, and the rest (all of them when none holds it)."""
+        start = next((i for i, phase in enumerate(self.phases) if first in phase.rules), 0)
+        return self.phases[:start], self.phases[start:]
+
+    def rule_names(self, phases: Iterable[Phase] | None = None) -> list[str]:
+        """Names of the rules of ``phases`` (default: every phase), in order, each once."""
+        names = [rule.name for phase in (self.phases if phases is None else phases) for rule in phase.rules]
+        return list(dict.fromkeys(names))
+
+
 def run_phase(model: ir.Model, phase: Phase, report: PassReport, context: RewriteContext | None = None) -> ir.Model:
     """Run ``phase`` on ``model`` in place (a new model object when shapes are inferred); returns the model."""
     if phase.needs_shapes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from ._graph import numel, static_shape
-from .rule import Phase
+from .rule import Phase, RuleSet
 from .rules.cancel_transposes import CancelTransposes
 from .rules.channels_first import ChannelsFirst
 from .rules.fold_reshapes import FoldReshapePairs
@@ -45,8 +45,10 @@ CHANNELS_FIRST = Phase("channels-first", (ChannelsFirst,), max_rounds=1, needs_s
 GROUP_VIEWS = Phase("group-views", (FlattenGroupViews,), needs_shapes=True, layout=True)
 PATCHIFY = Phase("patchify", (PatchConvToMatMul,), layout=True)
 
-RULE_SETS: dict[str, tuple[Phase, ...]] = {
-    "cpu": (FOLD_ROLLS, SHIFT, CLEANUP, CPU_LAYOUT, GROUP_VIEWS, PATCHIFY, CLEANUP),
-    "openvino": (FOLD_ROLLS, SHIFT, CLEANUP, CHANNELS_FIRST, GROUP_VIEWS, CLEANUP),
-    "npu": (FOLD_ROLLS, SHIFT, CLEANUP, CHANNELS_FIRST, GROUP_VIEWS, CLEANUP),
-}
+_CHANNELS_FIRST_PHASES = (FOLD_ROLLS, SHIFT, CLEANUP, CHANNELS_FIRST, GROUP_VIEWS, CLEANUP)
+
+RULE_SETS: dict[str, RuleSet] = {rule_set.name: rule_set for rule_set in (
+    RuleSet("cpu", (FOLD_ROLLS, SHIFT, CLEANUP, CPU_LAYOUT, GROUP_VIEWS, PATCHIFY, CLEANUP)),
+    RuleSet("openvino", _CHANNELS_FIRST_PHASES, layout_without_shifts=True),
+    RuleSet("npu", _CHANNELS_FIRST_PHASES, layout_without_shifts=True, npu_report=True),
+)}
