@@ -23,7 +23,7 @@ from ..onnx_io import op_histogram
 from ..targets import DEFAULT_TARGET
 from .canonicalize import canonicalize
 from .npu import NpuReport, npu_report
-from .rule import PassReport, RewriteContext, run_phase
+from .rule import PassReport, RewriteContext, RuleSet, run_phase
 from .rule_sets import RULE_SETS
 from .rules.shift_to_conv import (
     EDGE_DEFAULT,
@@ -184,18 +184,6 @@ _LAYOUT_RULES = ("narrow-transposes", "linear-to-conv1x1", "unit-transpose-to-re
                  "patch-conv-to-matmul", "channels-first")
 
 
-def _rewrite(work_proto: onnx.ModelProto, context: RewriteContext, *, layout: bool, target: str,
-             prelude: PassReport) -> tuple[onnx.ModelProto, PassReport]:
-    """The rest of the target's rule set on a copy of the canonical model (layout phases only when ``layout``)."""
-    model = ir.from_proto(work_proto)
-    report = copy.deepcopy(prelude)
-    for phase in RULE_SETS[target].split(ShiftToConv)[1]:
-        if layout or not phase.layout:
-            model = run_phase(model, phase, report, context)
-    model.graph.sort()
-    return ir.serde.serialize_model(model), report
-
-
 def optimize_model(
     model: onnx.ModelProto,
     *,
@@ -233,84 +221,116 @@ def optimize_model(
     """
     if target not in RULE_SETS:
         raise ValueError(f"unknown target {target!r}: use one of {', '.join(RULE_SETS)}")
-    start = time.perf_counter()
-    log: Callable[[str], None] | None = (lambda msg: print(f"[passes] {msg}", file=sys.stderr)) if progress else None
-    ops_before = op_histogram(model)
-    nodes_before = len(model.graph.node)
-    if log:
-        log(f"canonicalising ({nodes_before} nodes)")
-    rule_set = RULE_SETS[target]
-    prelude = PassReport(rule_set=target)
-    work = canonicalize(model)
-    for phase in rule_set.split(ShiftToConv)[0]:
-        work = run_phase(work, phase, prelude, RewriteContext(edge=edge, max_shift=max_shift, seed=seed))
-    work_proto = ir.serde.serialize_model(work)
-    sites, skipped, rolled_back = find_shift_sites(work, max_shift=max_shift, seed=seed, check=True, progress=log,
-                                                   edge=edge)
+    log = (lambda msg: print(f"[passes] {msg}", file=sys.stderr)) if progress else None
+    run = _Run(model, RULE_SETS[target], RewriteContext(edge=edge, max_shift=max_shift, seed=seed, progress=log),
+               n_samples)
+    run.canonicalise_and_find_sites()
+    if not run.anything_to_do(layout):
+        return run.unchanged()
+    run.rewrite(layout)
+    if not run.anything_changed():
+        return run.unchanged()
+    if verify and not run.verify_or_roll_back(layout):
+        return run.unchanged()
+    return run.result()
 
-    def context(subset: list[ShiftSite]) -> RewriteContext:
-        return RewriteContext(edge=edge, max_shift=max_shift, seed=seed, sites=list(subset), skipped=skipped)
 
-    def unchanged(verification: Verification | None = None, report: PassReport | None = None) -> OptimizeResult:
-        return OptimizeResult(model, [], nodes_before, nodes_before, ops_before, dict(ops_before), verification,
-                              rolled_back, skipped, report=report or PassReport(rule_set=target),
-                              seconds=time.perf_counter() - start, target=target,
-                              npu=npu_report(model) if rule_set.npu_report else None)
+class _Run:
+    """One run of the pipeline on one model: the steps of :func:`optimize_model` and what they share."""
 
-    folded = sum(record.fired for record in prelude.rules.values())
-    if not sites and not folded and not (rule_set.layout_without_shifts and layout):
-        return unchanged(report=prelude)
-    if log:
-        log(f"rewriting {len(sites)} site(s)")
-    rewritten, report = _rewrite(work_proto, context(sites), layout=layout, target=target, prelude=prelude)
-    layout_changes = report.total(*_LAYOUT_RULES)
-    if not sites and not folded and not layout_changes:
-        return unchanged(report=report)
-    verification = None
-    if verify:
-        verification = compare_models(model, rewritten, n_samples=n_samples, seed=seed)
-        if not verification.passed and layout_changes:
-            message = "rolled back the layout pass: whole-model outputs changed beyond round-off"
-            warnings.warn(message, RewriteRolledBack, stacklevel=2)
-            rolled_back.append(message)
+    def __init__(self, model: onnx.ModelProto, rule_set: RuleSet, context: RewriteContext, n_samples: int):
+        self.start = time.perf_counter()
+        self.model, self.rule_set, self.context, self.n_samples = model, rule_set, context, n_samples
+        self.ops_before, self.nodes_before = op_histogram(model), len(model.graph.node)
+        self.prelude = PassReport(rule_set=rule_set.name)
+        self.report = self.prelude
+        self.verification: Verification | None = None
+
+    def log(self, message: str) -> None:
+        if self.context.progress:
+            self.context.progress(message)
+
+    def canonicalise_and_find_sites(self) -> None:
+        """Canonical model, the phases before the shift rule on it, then the shift sites (found once)."""
+        self.log(f"canonicalising ({self.nodes_before} nodes)")
+        work = canonicalize(self.model)
+        for phase in self.rule_set.split(ShiftToConv)[0]:
+            work = run_phase(work, phase, self.prelude, self.context)
+        self.work_proto = ir.serde.serialize_model(work)
+        ctx = self.context
+        self.sites, self.skipped, self.rolled_back = find_shift_sites(
+            work, max_shift=ctx.max_shift, seed=ctx.seed, check=True, progress=ctx.progress, edge=ctx.edge)
+        self.folded = sum(record.fired for record in self.prelude.rules.values())
+
+    def anything_to_do(self, layout: bool) -> bool:
+        return bool(self.sites or self.folded or (self.rule_set.layout_without_shifts and layout))
+
+    def anything_changed(self) -> bool:
+        return bool(self.sites or self.folded or self.report.total(*_LAYOUT_RULES))
+
+    def rewrite(self, layout: bool, sites: list[ShiftSite] | None = None) -> onnx.ModelProto:
+        """The rest of the rule set on a copy of the canonical model (layout phases only when ``layout``)."""
+        self.log(f"rewriting {len(self.sites if sites is None else sites)} site(s)")
+        context = dataclasses.replace(self.context, sites=list(self.sites if sites is None else sites),
+                                      skipped=self.skipped, rolled_back=[])
+        model = ir.from_proto(self.work_proto)
+        report = copy.deepcopy(self.prelude)
+        for phase in self.rule_set.split(ShiftToConv)[1]:
+            if layout or not phase.layout:
+                model = run_phase(model, phase, report, context)
+        model.graph.sort()
+        rewritten = ir.serde.serialize_model(model)
+        if sites is None:
+            self.rewritten, self.report = rewritten, report
+        return rewritten
+
+    def _verify(self) -> bool:
+        self.verification = compare_models(self.model, self.rewritten, n_samples=self.n_samples, seed=self.context.seed)
+        return self.verification.passed
+
+    def _roll_back(self, message: str) -> None:
+        warnings.warn(message, RewriteRolledBack, stacklevel=4)
+        self.rolled_back.append(message)
+
+    def verify_or_roll_back(self, layout: bool) -> bool:
+        """Whole model vs original; on failure drop the layout phases, then bisect the shift sites. False: give up."""
+        if not self._verify() and self.report.total(*_LAYOUT_RULES):
+            self._roll_back("rolled back the layout pass: whole-model outputs changed beyond round-off")
             layout = False
-            if not sites:
-                return unchanged(verification)
-            rewritten, report = _rewrite(work_proto, context(sites), layout=False, target=target, prelude=prelude)
-            verification = compare_models(model, rewritten, n_samples=n_samples, seed=seed)
-        if not verification.passed:
-            bad = _bisect(model, sites, seed, n_samples, lambda subset: _rewrite(
-                work_proto, context(subset), layout=False, target=target, prelude=prelude)[0])
+            if not self.sites:
+                return False
+            self.rewrite(layout=False)
+            self._verify()
+        if not self.verification.passed:
+            seed, n = self.context.seed, self.n_samples
+            bad = _bisect(self.model, self.sites, seed, n, lambda subset: self.rewrite(False, subset))
             for site in bad:
-                message = f"rolled back {site.describe()}: whole-model outputs changed beyond round-off"
-                warnings.warn(message, RewriteRolledBack, stacklevel=2)
-                rolled_back.append(message)
-            sites = [s for s in sites if s not in bad]
-            if not sites:
-                return unchanged(verification)
-            rewritten, report = _rewrite(work_proto, context(sites), layout=layout, target=target, prelude=prelude)
-            verification = compare_models(model, rewritten, n_samples=n_samples, seed=seed)
-            if not verification.passed:  # should not happen; refuse to write anything unverified
-                message = "rolled back all rewrites: verification still fails after bisection"
-                warnings.warn(message, RewriteRolledBack, stacklevel=2)
-                return unchanged(verification)
-        if log:
-            log(verification.summary())
-    return OptimizeResult(
-        model=rewritten,
-        patterns=list(sites),
-        nodes_before=nodes_before,
-        nodes_after=len(rewritten.graph.node),
-        ops_before=ops_before,
-        ops_after=op_histogram(rewritten),
-        verification=verification,
-        rolled_back=rolled_back,
-        skipped=skipped,
-        report=report,
-        seconds=time.perf_counter() - start,
-        target=target,
-        npu=npu_report(rewritten) if rule_set.npu_report else None,
-    )
+                self._roll_back(f"rolled back {site.describe()}: whole-model outputs changed beyond round-off")
+            self.sites = [s for s in self.sites if s not in bad]
+            if not self.sites:
+                return False
+            self.rewrite(layout)
+            if not self._verify():  # should not happen; refuse to write anything unverified
+                warnings.warn("rolled back all rewrites: verification still fails after bisection", RewriteRolledBack,
+                              stacklevel=3)
+                return False
+        self.log(self.verification.summary())
+        return True
+
+    def unchanged(self) -> OptimizeResult:
+        """The model as it came in (the same object), with what was found and tried."""
+        return OptimizeResult(self.model, [], self.nodes_before, self.nodes_before, self.ops_before,
+                              dict(self.ops_before), self.verification, self.rolled_back, self.skipped,
+                              report=self.report, seconds=time.perf_counter() - self.start, target=self.rule_set.name,
+                              npu=npu_report(self.model) if self.rule_set.npu_report else None)
+
+    def result(self) -> OptimizeResult:
+        return OptimizeResult(
+            model=self.rewritten, patterns=list(self.sites), nodes_before=self.nodes_before,
+            nodes_after=len(self.rewritten.graph.node), ops_before=self.ops_before,
+            ops_after=op_histogram(self.rewritten), verification=self.verification, rolled_back=self.rolled_back,
+            skipped=self.skipped, report=self.report, seconds=time.perf_counter() - self.start,
+            target=self.rule_set.name, npu=npu_report(self.rewritten) if self.rule_set.npu_report else None)
 
 
 def _bisect(original: onnx.ModelProto, sites: list[ShiftSite], seed: int, n_samples: int,
