@@ -85,31 +85,6 @@ def test_block_runs_channels_first_and_matches(c: int, h: int, w: int, opset: in
     assert lowered.graph.node[-1].op_type == "Transpose"
 
 
-def test_split_attention_group_view_runs_on_the_4d_tensor() -> None:
-    k, c, h, w = 3, 4, 5, 6
-    inits = {"shape5": np.array([1, k, c, h, w]), "axes_bhw": np.array([1, 3, 4]), "axis_k": np.array([1]),
-             "w_shape": np.array([1, k, c, 1, 1])}
-    nodes = [
-        helper.make_node("Reshape", ["x", "shape5"], ["v"]),
-        helper.make_node("ReduceSum", ["v", "axes_bhw"], ["a"], keepdims=0),  # (1, C)
-        helper.make_node("Concat", ["a", "a", "a"], ["a3"], axis=1),
-        helper.make_node("Softmax", ["a3"], ["s"], axis=1),
-        helper.make_node("Reshape", ["s", "w_shape"], ["wts"]),
-        helper.make_node("Mul", ["v", "wts"], ["weighted"]),
-        helper.make_node("ReduceSum", ["weighted", "axis_k"], ["y"], keepdims=0),
-    ]
-    model = _model(nodes, inits, [1, k * c, h, w], [1, c, h, w])
-    lowered, stats = _lower(model)
-    _assert_same(model, lowered, (1, k * c, h, w))
-    assert stats["group_views"] == 1
-    ranks = {len(v.type.tensor_type.shape.dim) for v in onnx.shape_inference.infer_shapes(lowered).graph.value_info
-             if v.type.tensor_type.shape.dim[-1].dim_value == w}
-    assert ranks == {4}  # nothing of size H x W is 5-D any more
-    assert op_histogram(lowered)["Split"] == 1 and "Slice" not in op_histogram(lowered)
-    again, again_stats = _lower(lowered)  # what the lowering leaves (a 1x1-position view) is left alone
-    assert again_stats["group_views"] == 0 and op_histogram(again) == op_histogram(lowered)
-
-
 def test_op_it_cannot_take_gets_the_transpose_back_once() -> None:
     inits = {"axes": np.array([3])}
     nodes = [
