@@ -20,8 +20,6 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 from . import __version__, cpu
 
 MANIFEST_FORMAT = "vmlp-deploy/1"
-#: Optional libraries the quantize stage records beside the stage environment ("not installed" when absent).
-QUANTIZE_LIBRARIES = ("openvino", "nncf")
 #: Distributions a profile records (those installed), by their package names.
 PROFILE_LIBRARIES = ("onnxruntime", "openvino", "onnx", "numpy", "torch", "tensorrt", "cuda-python",
                      "nvidia-modelopt")
@@ -344,7 +342,7 @@ class ProfileRecord:
 
 def environment(optional: tuple[str, ...] = ()) -> dict[str, str]:
     """The interpreter, platform and library versions a stage's manifest records; ``optional`` names modules
-    recorded as ``not installed`` when absent (quantize: :data:`QUANTIZE_LIBRARIES`)."""
+    recorded as ``not installed`` when absent (quantize: every quantizer's required modules)."""
     import onnx
     import onnxruntime
     import torch

@@ -78,32 +78,31 @@ def _rebuild_channels_first(source: SourceModel) -> tuple[Path | None, str]:
     in-process for `quantize --backend openvino` of s2mlpv2_medium)."""
 
     manifest = source.manifest
-    model = manifest.get("model") or {}
-    export = (manifest.get("stages") or {}).get("export")
-    if not source.has_manifest or export is None or "name" not in model:
+    model, export = manifest.model, manifest.export
+    if not source.has_manifest or export is None or model is None or model.name is None:
         return None, "not an export run directory of a zoo model (nothing to re-export from)"
-    if "optimize" in manifest.get("stages", {}):
+    if manifest.optimize is not None:
         return None, "the source went through `optimize`: its graph is not the export's"
-    target = export.get("target", (export.get("rewrite") or {}).get("target", DEFAULT_TARGET))
+    target = export.target if export.target is not None else (export.rewrite or {}).get("target", DEFAULT_TARGET)
     if channels_first(target):
         return None, f"the export is already laid out for --target {target}"
-    if export.get("batch") == "dynamic":
+    if export.batch == "dynamic":
         return None, "dynamic-batch exports are not rewritten"
-    checkpoint = model.get("checkpoint")
+    checkpoint = model.checkpoint
     if checkpoint:
         path = Path(checkpoint["path"])
         if not path.is_file() or sha256_file(path) != checkpoint["sha256"]:
             return None, f"its checkpoint {path} is gone or changed since the export"
-    elif not model.get("random_weights"):
+    elif not model.random_weights:
         return None, "its weights were not loaded from a checkpoint file, so they cannot be rebuilt"
     out = cache_root() / "layout" / f"{sha256_file(source.onnx_path)[:24]}-{CHANNELS_FIRST}-v{__version__}"
     if (out / MANIFEST).is_file():
         return out / "model.onnx", f"channels-first re-export reused from the cache {out}"
-    seed = str(int(export.get("seed", 0)))
-    cmd = [sys.executable, "-m", "vmlp_deploy", "export", "--model", str(model["name"]), "--seed", seed,
-           "--input-size", *(str(int(v)) for v in model["input_size"]), "--opset", str(int(export["opset"])),
-           "--exporter", str(export["exporter"]), "--batch", str(int(export["batch"])), "--target", CHANNELS_FIRST,
-           "-o", str(out), "--overwrite", *(["--tiny"] if model.get("tiny") else []),
+    seed = str(int(export.seed or 0))
+    cmd = [sys.executable, "-m", "vmlp_deploy", "export", "--model", str(model.name), "--seed", seed,
+           "--input-size", *(str(int(v)) for v in model.input_size), "--opset", str(int(export.opset)),
+           "--exporter", str(export.exporter), "--batch", str(int(export.batch)), "--target", CHANNELS_FIRST,
+           "-o", str(out), "--overwrite", *(["--tiny"] if model.tiny else []),
            *(["--checkpoint", str(checkpoint["path"])] if checkpoint else [])]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:

@@ -21,3 +21,9 @@ def default_quantizers() -> tuple[str, ...]:
     """What ``--backend`` means when it is not given: the quantizers made by default whatever is installed."""
     return tuple(name for name, q in QUANTIZERS.items() if q.by_default)
 
+
+
+def quantizer_modules() -> tuple[str, ...]:
+    """The modules any quantizer needs, each once: a quantize manifest records their versions (or that they are
+    not installed), whichever backend it was made for."""
+    return tuple(dict.fromkeys(m for q in QUANTIZERS.values() for m in q.required_modules))

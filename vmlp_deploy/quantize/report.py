@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..records import QuantizeStage
+
 if TYPE_CHECKING:
     from .stage import QuantizeResult
 
@@ -20,9 +22,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def render(r: QuantizeResult) -> str:
-    q = r.manifest["stages"]["quantize"]
+    q = r.record.quantize
+    assert q is not None, "a quantize result records its stage"
+    model = r.record.model
+    name = model.name if model and model.name is not None else r.source.stem
     f = r.fidelity.logits
-    lines = [f"# INT8 quantization: {r.manifest.get('model', {}).get('name', r.source.stem)} for {r.backend}", ""]
+    lines = [f"# INT8 quantization: {name} for {r.backend}", ""]
     lines += [f"Source `{r.source}` → `{r.model_path.name}` in `{r.out_dir}`.", ""]
     if r.warnings:
         lines += ["**Warnings**", ""] + [f"- {w}" for w in r.warnings] + [""]
@@ -49,7 +54,7 @@ def render(r: QuantizeResult) -> str:
             ["top-1", f"{a.top1_fp32:.2%}", f"{a.top1_int8:.2%}", f"{a.delta_points:+.2f}"],
             ["top-5", f"{a.top5_fp32:.2%}", f"{a.top5_int8:.2%}", f"{100 * (a.top5_int8 - a.top5_fp32):+.2f}"],
         ])
-    kf = q["keep_float"]
+    kf = q.keep_float or {}
     lines += ["## Layers kept in float", ""]
     if kf["nodes"]:
         lines += [f"{len(kf['nodes'])} ({kf['mode']}): " + ", ".join(f"`{n}`" for n in kf["nodes"]), ""]
@@ -67,10 +72,10 @@ def render(r: QuantizeResult) -> str:
         ["calibration / held-out samples", f"{c.calibration_samples} / {c.held_out_samples}"],
         ["skipped (unreadable / too small)", f"{len(c.skipped_unreadable)} / {len(c.skipped_too_small)}"],
         ["seed", c.seed],
-        ["preprocessing", f"{q['preprocessing_source']}: {_recipe(r.manifest.get('preprocessing'))}"],
+        ["preprocessing", f"{q.preprocessing_source}: {_recipe(r.record.preprocessing)}"],
         *([["note", c.note]] if c.note else []),
     ])
-    lines += _saturation_section(q.get("saturation_prediction"))
+    lines += _saturation_section(q.saturation_prediction)
     lines += ["## Settings", ""]
     lines += _table(["setting", "value"], [[k, f"`{v}`"] for k, v in r.settings.items()
                                            if v not in (None, (), [], {}) and k != "recipe"])
@@ -83,16 +88,16 @@ def render(r: QuantizeResult) -> str:
     return "\n".join(lines)
 
 
-def _target_section(q: dict[str, Any]) -> list[str]:
+def _target_section(q: QuantizeStage) -> list[str]:
     """Which CPU the model is for, which it was measured on, the integer scheme, the layout and the gate."""
-    if "target_cpu" not in q:
+    t, h, s, g = q.target_cpu, q.host_cpu, q.integer_scheme, q.gate
+    if t is None or h is None or s is None or g is None:
         return []
-    t, h, s, g = q["target_cpu"], q["host_cpu"], q["integer_scheme"], q["gate"]
-    lay = q.get("layout") or {}
+    lay = q.layout or {}
     rows = [
         ["target CPU", f"`{t['name']}`: {t['summary']} ({t['description']})"],
         ["host CPU (measured on)", f"{h['model']}: {h['summary']}"
-         + ("" if q["host_stands_for_target"] else " — **not the target's integer kernels**: fidelity below is the "
+         + ("" if q.host_stands_for_target else " — **not the target's integer kernels**: fidelity below is the "
                                                   "host's, the target's saturation is predicted")],
         ["integer scheme", f"`{s['name']}` ({s['description']}): {s['reason']}"],
     ]

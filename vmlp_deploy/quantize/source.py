@@ -19,7 +19,8 @@ import onnx
 from ..errors import UserError
 from ..onnx_io import load_checked
 from ..preprocess import Recipe
-from ..rundir import MANIFEST, read_manifest
+from ..records import MANIFEST_FORMAT, RunManifest
+from ..rundir import MANIFEST, load_manifest
 from .options import RecipeOverrides
 
 #: Operators that only appear in a model that is already quantized (QDQ or QOperator format).
@@ -35,7 +36,7 @@ class SourceModel:
 
     run_dir: Path
     onnx_path: Path
-    manifest: dict[str, Any]
+    manifest: RunManifest
     has_manifest: bool
     input_name: str
     input_shape: list[int | str]
@@ -56,7 +57,8 @@ class SourceModel:
 
     @property
     def name(self) -> str:
-        return str(self.manifest.get("model", {}).get("name") or self.onnx_path.stem)
+        model = self.manifest.model
+        return str((model.name if model else None) or self.onnx_path.stem)
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
@@ -64,7 +66,7 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
             for d in value_info.type.tensor_type.shape.dim]
 
 
-def _find_onnx(path: Path) -> tuple[Path, Path, dict[str, Any] | None]:
+def _find_onnx(path: Path) -> tuple[Path, Path, RunManifest | None]:
     """(run_dir, model path, manifest or None) for a run directory, a bare directory or an .onnx file."""
     if path.is_file():
         if path.suffix != ".onnx":
@@ -74,11 +76,11 @@ def _find_onnx(path: Path) -> tuple[Path, Path, dict[str, Any] | None]:
     if not path.is_dir():
         raise UserError(f"{path} does not exist: pass a run directory from `vmlp-deploy export` or an .onnx file")
     if (path / MANIFEST).is_file():
-        manifest = read_manifest(path)
-        if "quantize" in manifest.get("stages", {}):
+        manifest = load_manifest(path)
+        if manifest.quantize is not None:
             raise UserError(f"{path} is already quantized (its manifest has a quantize stage): quantize the float "
                             "model it came from")
-        name = manifest.get("artifacts", {}).get("onnx")
+        name = manifest.artifacts.onnx if manifest.artifacts else None
         if not name:
             raise UserError(f"{path / MANIFEST} names no ONNX model (artifacts.onnx): quantize needs a float ONNX "
                             "model, re-run `vmlp-deploy export`")
@@ -100,9 +102,9 @@ def _find_onnx(path: Path) -> tuple[Path, Path, dict[str, Any] | None]:
                     "`vmlp-deploy export` (or an .onnx file)")
 
 
-def already_quantized(model: onnx.ModelProto, manifest: dict[str, Any] | None) -> str | None:
+def already_quantized(model: onnx.ModelProto, manifest: RunManifest | None) -> str | None:
     """Why the model counts as quantized already, or None."""
-    if manifest and "quantize" in manifest.get("stages", {}):
+    if manifest is not None and manifest.quantize is not None:
         return "its manifest has a quantize stage"
     ops = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS or n.op_type.startswith("QLinear")})
     if ops:
@@ -127,13 +129,14 @@ def open_source(path: Path) -> SourceModel:
         raise UserError(f"{onnx_path} input {inputs[0].name!r} has shape {shape}: quantize expects one NCHW image input")
     out_shape = _dims(model.graph.output[0])
     num_classes = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) and out_shape[-1] > 0 else None
-    manifest_data = manifest if manifest is not None else {
-        "format": "vmlp-deploy/1",
+    # Read as if from a file, so the written manifest keeps these keys first, in this order, as it always has.
+    record = manifest if manifest is not None else RunManifest.from_json({
+        "format": MANIFEST_FORMAT,
         "model": {"name": onnx_path.stem, "source_onnx": str(onnx_path.resolve())},
         "artifacts": {"onnx": onnx_path.name, "external_data": None},
         "stages": {},
-    }
-    return SourceModel(run_dir, onnx_path, manifest_data, manifest is not None, inputs[0].name, shape,
+    })
+    return SourceModel(run_dir, onnx_path, record, manifest is not None, inputs[0].name, shape,
                        model.graph.output[0].name, num_classes)
 
 
@@ -198,7 +201,7 @@ def resolve_recipe(source: SourceModel, overrides: RecipeOverrides) -> tuple[Rec
     Flags beat the recipe file, which beats the manifest. Without mean/std from anywhere the recipe is unknown;
     that is only an error once images have to be preprocessed (``.npy`` calibration tensors need none).
     """
-    base = source.manifest.get("preprocessing")
+    base = source.manifest.preprocessing
     fields: dict[str, Any] = {}
     origin: list[str] = []
     if base:

@@ -27,14 +27,15 @@ from ..backends import BACKENDS, RunOptions, Session
 from ..errors import FidelityGateError, UserError
 from ..preprocess import Recipe
 from ..progress import Progress, Quiet, TimedSteps
-from ..rundir import MANIFEST, check_output_dir, peak_rss_mb, sha256_file, staged_dir, write_json
+from ..records import Artifacts, QuantizeStage, RunManifest, environment
+from ..rundir import check_output_dir, peak_rss_mb, sha256_file, staged_dir, write_manifest
 from ._bar import bar
 from .base import Quantizer, require_modules
 from .data import DataStats, ImageFolder, SampleSet, load_directory, load_embedded
 from .fidelity import WORST_LAYERS, FidelityReport, LogitsReport, compare_logits, layer_sqnr, run_all
 from .layout import LayoutChoice, QuickQuantize, choose_layout
 from .options import QuantizeOptions
-from .registry import QUANTIZERS
+from .registry import QUANTIZERS, quantizer_modules
 from .report import write_report
 from .saturation import DEFAULT_SAMPLES as SATURATION_SAMPLES
 from .saturation import predict as predict_saturation
@@ -128,7 +129,7 @@ class QuantizeResult:
     model_path: Path
     backend: str
     source: Path
-    manifest: dict[str, Any]
+    record: RunManifest
     settings: dict[str, Any]
     calibration: DataStats
     fidelity: FidelityReport
@@ -142,6 +143,11 @@ class QuantizeResult:
     target: cpu.CpuTarget | None = None
     scheme: SchemeChoice | None = None
     gate: GateResult | None = None
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as written to ``manifest.json``."""
+        return self.record.to_json()
 
 
 def default_output(path: Path, backend: str) -> Path:
@@ -180,18 +186,6 @@ def _load(quantizer: Quantizer, path: Path, threads: int | None) -> Session:
     """FP32 and INT8 run on the quantizer's check runtime, float parts pinned to f32 (OpenVINO would pick bf16
     on its own)."""
     return BACKENDS[quantizer.check_runtime].load(path, RunOptions(threads=threads, precision="f32"))
-
-
-def _environment() -> dict[str, str]:
-    from ..export import environment
-
-    env = environment()
-    for module in dict.fromkeys(m for q in QUANTIZERS.values() for m in q.required_modules):
-        try:
-            env[module] = __import__(module).__version__
-        except ImportError:
-            env[module] = "not installed"
-    return env
 
 
 def _load_data(source: SourceModel, options: QuantizeOptions, recipe: Any, progress: Progress) -> SampleSet:
@@ -287,7 +281,8 @@ class _Run:
 
     @property
     def random_weights(self) -> bool:
-        return bool(self.source.manifest.get("model", {}).get("random_weights", False))
+        model = self.source.manifest.model
+        return bool(model and model.random_weights)
 
 
 def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
@@ -469,12 +464,31 @@ def _write(run: _Run, tmp: Path, quantizer: Quantizer, layout: LayoutChoice, mod
     opt, source = run.opt, run.source
     peak = peak_rss_mb()
     settings = {**opt.to_dict(), **quantizer.settings()}
-    manifest = _manifest(source, opt, run.recipe, run.recipe_origin, model_path, settings, stats, keep,
-                         sensitivity, fidelity, accuracy, graph_check, timings, peak, run.warnings)
-    manifest["stages"]["quantize"].update(_target_record(run.target, run.choice, run.host_ok, gate))
-    manifest["stages"]["quantize"]["layout"] = layout.to_dict()
-    manifest["stages"]["quantize"]["saturation_prediction"] = saturation
-    write_json(tmp / MANIFEST, manifest)
+    manifest = _manifest(source, run.recipe, model_path)
+    manifest.add_stage(QuantizeStage(
+        backend=opt.backend,
+        precision="int8",
+        source={"onnx": str(source.onnx_path.resolve()), "sha256": sha256_file(source.onnx_path),
+                "had_manifest": source.has_manifest},
+        preprocessing_source=run.recipe_origin,
+        settings=settings,
+        calibration=stats.to_dict(),
+        keep_float={
+            "mode": "auto" if opt.keep_float_auto else ("names" if opt.keep_float else "none"),
+            "nodes": keep,
+            "search": sensitivity.to_dict() if sensitivity else None,
+        },
+        fidelity=fidelity.to_dict(),
+        accuracy=accuracy.to_dict() if accuracy else None,
+        tensorrt_graph_check=graph_check,
+        timings_s=timings,
+        peak_rss_mb=peak,
+        warnings=run.warnings,
+        **_target_record(run.target, run.choice, run.host_ok, gate),
+        layout=layout.to_dict(),
+        saturation_prediction=saturation,
+    ))
+    write_manifest(tmp, manifest)
     result = QuantizeResult(run.out, run.out / model_path.name, opt.backend, source.onnx_path, manifest, settings,
                             stats, fidelity, accuracy, keep, sensitivity, graph_check, timings, peak, run.warnings,
                             run.target, run.choice, gate)
@@ -488,39 +502,17 @@ def _target_record(target: cpu.CpuTarget, choice: SchemeChoice, host_ok: bool, g
             "integer_scheme": choice.to_dict(), "gate": gate.to_dict()}
 
 
-def _manifest(source: SourceModel, opt: QuantizeOptions, recipe: Any, recipe_origin: str, model_path: Path,
-              settings: dict[str, Any], stats: DataStats, keep: list[str], sensitivity: SearchResult | None,
-              fidelity: FidelityReport, accuracy: AccuracyReport | None, graph_check: dict[str, Any] | None,
-              timings: dict[str, float], peak: float, warnings: list[str]) -> dict[str, Any]:
+def _manifest(source: SourceModel, recipe: Recipe | None, model_path: Path) -> RunManifest:
+    """The source's manifest, made this run's: the command, the recipe used, the quantized model's files and the
+    versions of every quantizer's libraries; the quantize stage is added by the caller."""
     manifest = copy.deepcopy(source.manifest)
-    manifest["created"] = datetime.now(UTC).isoformat(timespec="seconds")
-    manifest["command"] = " ".join(sys.argv)
+    manifest.created = datetime.now(UTC).isoformat(timespec="seconds")
+    manifest.command = " ".join(sys.argv)
     if recipe is not None:
-        manifest["preprocessing"] = recipe.to_dict()
+        manifest.preprocessing = recipe.to_dict()
     if model_path.suffix == ".xml":
-        manifest["artifacts"] = {"onnx": None, "openvino_xml": model_path.name,
-                                 "openvino_bin": model_path.with_suffix(".bin").name}
+        manifest.artifacts = Artifacts(openvino_xml=model_path.name, openvino_bin=model_path.with_suffix(".bin").name)
     else:
-        manifest["artifacts"] = {"onnx": model_path.name, "external_data": None}
-    manifest.setdefault("stages", {})["quantize"] = {
-        "backend": opt.backend,
-        "precision": "int8",
-        "source": {"onnx": str(source.onnx_path.resolve()), "sha256": sha256_file(source.onnx_path),
-                   "had_manifest": source.has_manifest},
-        "preprocessing_source": recipe_origin,
-        "settings": settings,
-        "calibration": stats.to_dict(),
-        "keep_float": {
-            "mode": "auto" if opt.keep_float_auto else ("names" if opt.keep_float else "none"),
-            "nodes": keep,
-            "search": sensitivity.to_dict() if sensitivity else None,
-        },
-        "fidelity": fidelity.to_dict(),
-        "accuracy": accuracy.to_dict() if accuracy else None,
-        "tensorrt_graph_check": graph_check,
-        "timings_s": timings,
-        "peak_rss_mb": peak,
-        "warnings": warnings,
-    }
-    manifest["environment"] = _environment()
+        manifest.artifacts = Artifacts(onnx=model_path.name, external_data=None)
+    manifest.environment = environment(quantizer_modules())
     return manifest
