@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     result = profile_models(args.models, options, args.output, overwrite=True, progress=Steps(console))
     print_result(console, result.records)
 
-    median = {(r["model"], r["backend"], r["precision"]): r["latency_ms"]["median"] for r in result.records}
+    median = {(r.model, r.backend, r.precision): r.latency_ms["median"] for r in result.records}
     configs = list(dict.fromkeys((b, p) for _, b, p in median))
     first, *others = args.models
     console.print("\nRatios of medians (interleaved runs):")

@@ -150,12 +150,6 @@ def load_manifest(run_dir: Path) -> RunManifest:
     return manifest
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """:func:`load_manifest` as the JSON dict, for the readers in ``quantize/`` and ``profile/`` not yet on
-    :class:`RunManifest`."""
-    return load_manifest(run_dir).to_json()
-
-
 def _not_a_manifest(path: Path, problem: str) -> str:
     return (f"{path} is not a vmlp-deploy manifest ({problem}; hand-edited?): re-run the stage that wrote it, or "
             "restore the file")

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .records import QuantizeStage
+from .records import ProfileRecord, QuantizeStage
 from .runs import RunInfo
 
 
@@ -40,16 +40,16 @@ class SpeedupRow:
         return {**asdict(self), "speedup": self.speedup}
 
 
-def _median(records: list[dict[str, Any]], label: str, backend: str, quantized: bool) -> tuple[float | None, str]:
+def _median(records: list[ProfileRecord], label: str, backend: str, quantized: bool) -> tuple[float | None, str]:
     for r in records:
-        if (r["model"] == label and r["backend"] == backend and r["quantized"] == quantized and r["batch"] == 1
-                and r["mode"] == "latency" and r.get("latency_ms")):
-            if quantized or r.get("precision_requested", r["precision"]) == "f32":
-                return float(r["latency_ms"]["median"]), str(r["precision"])
+        if (r.model == label and r.backend == backend and r.quantized == quantized and r.batch == 1
+                and r.mode == "latency" and r.latency_ms):
+            if quantized or r.precision_requested == "f32":
+                return float(r.latency_ms["median"]), str(r.precision)
     return None, "-"
 
 
-def speedup_rows(records: list[dict[str, Any]], float_label: str, int8_runs: list[RunInfo]) -> list[SpeedupRow]:
+def speedup_rows(records: list[ProfileRecord], float_label: str, int8_runs: list[RunInfo]) -> list[SpeedupRow]:
     """One row per INT8 run: its backend's FP32 and INT8 medians from ``records`` (labels are run dir names)."""
     rows = []
     for run in int8_runs:

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from ..cpu import TARGET_NAMES, targets_help
 from ..errors import UserError
+from ..records import ProfileRecord
 from ..rundir import write_text
 from ..runs import int8_runs_of, latest_float_run
 from ..summary import markdown, print_rows, speedup_rows
@@ -180,7 +181,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_result(console: Console, records: list[dict[str, Any]]) -> None:
+def print_result(console: Console, records: list[ProfileRecord]) -> None:
     """The results table (wide: piped output is not squeezed to 80 columns), then the top layers."""
     table = Table(title="vmlp-deploy profile (latency in ms per inference)", box=box.SIMPLE_HEAD)
     cols = ["model", "backend", "precision", "batch", "mode", "median", "p90", "p99", "mean±std", "first",
@@ -189,23 +190,23 @@ def print_result(console: Console, records: list[dict[str, Any]]) -> None:
         table.add_column(col, justify="left" if col in ("model", "backend", "precision", "mode") else "right",
                          no_wrap=True)
     for r in records:
-        lat = r["latency_ms"] or {}
-        g = r["achieved_gops"]
+        lat = r.latency_ms or {}
+        g = r.achieved_gops
         table.add_row(
-            r["model"], r["backend"], r["precision"], str(r["batch"]), r["mode"],
+            r.model, r.backend, r.precision, str(r.batch), r.mode,
             *(f"{lat[k]:.2f}" if k in lat else "-" for k in ("median", "p90", "p99")),
             f"{lat['mean']:.2f}±{lat['std']:.2f}" if lat else "-",
-            f"{r['first_inference_ms']:.1f}",
-            f"{r['throughput_images_per_s']:.1f}",
+            f"{r.first_inference_ms:.1f}",
+            f"{r.throughput_images_per_s:.1f}",
             "-" if g is None else f"{g:.1f}",
-            *("-" if r[k] is None else f"{r[k]:.1f}" for k in ("probe_percent", "ceiling_percent")),
-            ("[yellow]" if r["spread"]["warning"] else "") + f"{r['spread']['value']:.1%}",
+            *("-" if p is None else f"{p:.1f}" for p in (r.probe_percent, r.ceiling_percent)),
+            ("[yellow]" if r.spread["warning"] else "") + f"{r.spread['value']:.1%}",
         )
     wide = console if console.is_terminal else Console(file=console.file, width=160, highlight=False)
     wide.print(table)
     shown: set[str] = set()
     for r in records:
-        layers, key = r["layers"], f"{r['model']}|{r['backend']}|{r['precision']}|{r['batch']}"
+        layers, key = r.layers, f"{r.model}|{r.backend}|{r.precision}|{r.batch}"
         if not layers or key in shown:
             continue
         shown.add(key)
@@ -213,5 +214,5 @@ def print_result(console: Console, records: list[dict[str, Any]]) -> None:
         ops = ", ".join(f"{o['name']} {o['percent']:.0f}%" for o in layers["by_op_type"][:4])
         prec = layers["kernel_precisions_percent"]
         kern = ("; kernels " + ", ".join(f"{k} {v:.0f}%" for k, v in list(prec.items())[:3])) if prec else ""
-        console.print(f"  {r['model']} {r['backend']} {r['precision']} b{r['batch']}: {cats} | top ops: {ops}{kern}",
+        console.print(f"  {r.model} {r.backend} {r.precision} b{r.batch}: {cats} | top ops: {ops}{kern}",
                       soft_wrap=True, markup=False)

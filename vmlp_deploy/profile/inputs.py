@@ -24,9 +24,12 @@ from ..backends.base import cache_root
 from ..backends.onnxruntime import graph_input
 from ..errors import UserError
 from ..progress import Progress, Quiet
-from ..rundir import MANIFEST, read_manifest
+from ..records import Artifacts, ModelInfo, RunManifest
+from ..rundir import MANIFEST, load_manifest
 from ..targets import DEFAULT_TARGET
 
+#: Where the MACs of a run directory's zoo model come from.
+ZOO_MACS = "PyTorch FLOP counter on the zoo model (manifest)"
 _CONV = {"Conv": 1, "FusedConv": 1, "ConvInteger": 1, "QLinearConv": 3, "NhwcConv": 1}
 _MATMUL = {"MatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0, "FusedMatMul": 0, "Gemm": 0}
 _WEIGHT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
@@ -200,17 +203,26 @@ def _ir_shape(path: Path) -> tuple[tuple[int | str, ...], bool]:
     return dims, quantized
 
 
-def _from_onnx(spec: str, path: Path, kind: str, label: str, manifest: dict[str, Any] | None,
-               sample_shape: Sequence[int] | None) -> ModelInput:
-    _, declared, quantized = graph_input(path)
-    info = (manifest or {}).get("model") or {}
-    name = info.get("name")
+def _zoo_model(manifest: RunManifest | None) -> tuple[str, int, int] | None:
+    """(name, params, MACs) when the manifest names a zoo model, counted on the PyTorch model at the manifest's
+    size; None otherwise (the work is counted from the graph)."""
     from ..models import list_models
 
+    info = manifest.model if manifest and manifest.model else ModelInfo()
+    if not (isinstance(info.name, str) and info.name in list_models()):
+        return None
+    return info.name, *zoo_complexity(info.name, bool(info.tiny), info.input_size, info.num_classes)
+
+
+def _from_onnx(spec: str, path: Path, kind: str, label: str, manifest: RunManifest | None,
+               sample_shape: Sequence[int] | None) -> ModelInput:
+    _, declared, quantized = graph_input(path)
     macs: int | None
-    if isinstance(name, str) and name in list_models():
-        params, macs = zoo_complexity(name, bool(info.get("tiny")), info.get("input_size"), info.get("num_classes"))
-        source = "PyTorch FLOP counter on the zoo model (manifest)"
+    name: str | None
+    zoo = _zoo_model(manifest)
+    if zoo is not None:
+        name, params, macs = zoo
+        source = ZOO_MACS
     else:
         params, counted, complete = onnx_complexity(path, sample_shape)
         macs = counted if complete else None
@@ -220,20 +232,16 @@ def _from_onnx(spec: str, path: Path, kind: str, label: str, manifest: dict[str,
     return ModelInput(spec, label, path, kind, name, params, macs, source, tuple(declared), quantized)
 
 
-def _from_ir(spec: str, path: Path, kind: str, label: str, manifest: dict[str, Any] | None) -> ModelInput:
+def _from_ir(spec: str, path: Path, kind: str, label: str, manifest: RunManifest | None) -> ModelInput:
     """An OpenVINO IR (bare, or the model of a `quantize --backend openvino` run): MACs from the zoo model when
     the manifest names one, else from the IR's Convolution/MatMul shapes."""
     if not path.with_suffix(".bin").is_file():
         raise UserError(f"{path} has no weights file {path.with_suffix('.bin').name} beside it: copy both")
     declared, quantized = _ir_shape(path)
-    info = (manifest or {}).get("model") or {}
-    name = info.get("name")
-    from ..models import list_models
-
-    if isinstance(name, str) and name in list_models():
-        params, macs = zoo_complexity(name, bool(info.get("tiny")), info.get("input_size"), info.get("num_classes"))
-        return ModelInput(spec, label, path, kind, name, params, macs,
-                          "PyTorch FLOP counter on the zoo model (manifest)", declared, quantized)
+    zoo = _zoo_model(manifest)
+    if zoo is not None:
+        name, params, macs = zoo
+        return ModelInput(spec, label, path, kind, name, params, macs, ZOO_MACS, declared, quantized)
     params, macs = openvino_complexity(path)
     return ModelInput(spec, label, path, kind, None, params, macs, "OpenVINO IR: Convolution/MatMul shapes",
                       declared, quantized)
@@ -254,10 +262,10 @@ def resolve_input(spec: str, *, tiny: bool = False, sample_shape: Sequence[int] 
     progress = progress or Quiet()
     path = Path(spec)
     if path.is_dir():
-        manifest = read_manifest(path)
-        artifacts = manifest.get("artifacts") or {}
-        xml = artifacts.get("openvino_xml")
-        artifact = xml or artifacts.get("onnx") or "model.onnx"
+        manifest = load_manifest(path)
+        artifacts = manifest.artifacts or Artifacts()
+        xml = artifacts.openvino_xml
+        artifact = xml or artifacts.onnx or "model.onnx"
         model_path = path / artifact
         if not model_path.is_file():
             raise UserError(f"{path} names {artifact} in its manifest but the file is missing: re-run the stage")
@@ -284,7 +292,7 @@ def resolve_input(spec: str, *, tiny: bool = False, sample_shape: Sequence[int] 
     if spec in names:
         batch = batches[0] if batches is not None and len(set(batches)) == 1 else (None if batches else 1)
         out = _export_zoo(spec, tiny, batch, progress, target)
-        model_path = out / read_manifest(out)["artifacts"]["onnx"]
+        model_path = out / load_manifest(out).artifacts.onnx
         _, dims, quantized = graph_input(model_path)
         params, macs = zoo_complexity(spec, tiny)
         return ModelInput(spec, spec + ("-tiny" if tiny else ""), model_path, "zoo", spec, params, macs,

@@ -37,6 +37,7 @@ def write_outputs(out: Path, result: ProfileResult, options: ProfileOptions, mod
                   *, command: str, created: str) -> dict[str, str]:
     """Write every file into ``out`` (a staging directory); returns artifact name -> file name."""
     files = {"json": "profile.json", "markdown": "profile.md"}
+    records = [r.to_dict() for r in result.records]
     document = {
         "format": FORMAT,
         "created": created,
@@ -48,16 +49,16 @@ def write_outputs(out: Path, result: ProfileResult, options: ProfileOptions, mod
         "peaks": result.peaks,
         "skipped": result.skipped,
         "warnings": result.warnings,
-        "records": result.records,
+        "records": records,
     }
     write_json(out / files["json"], document)
     (out / files["markdown"]).write_text(markdown(document))
     if options.charts:
         files["latency_chart"] = "latency.png"
-        latency_chart(result.records, out / files["latency_chart"])
-        if any(r["macs_per_image"] for r in result.records):
+        latency_chart(records, out / files["latency_chart"])
+        if any(r.macs_per_image for r in result.records):
             files["macs_chart"] = "latency_vs_macs.png"
-            macs_chart(result.records, out / files["macs_chart"])
+            macs_chart(records, out / files["macs_chart"])
     write_manifest(out, RunManifest(
         format=MANIFEST_FORMAT, created=created, command=command,
         stages={"profile": ProfileStage(records=len(result.records), skipped=result.skipped,

@@ -25,9 +25,9 @@ from ..backends import BACKENDS, RunOptions
 from ..backends.base import PRECISION_ALIASES, canonical_precision, precision_label
 from ..errors import BackendUnavailableError, UserError
 from ..progress import Progress, Quiet
+from ..records import ProfileRecord, host_environment
 from ..rundir import check_output_dir, staged_dir
 from ..targets import DEFAULT_TARGET
-from . import environment
 from .ceiling import Clock, Rate, ceiling_dict, ceilings, host_clock
 from .inputs import ModelInput, resolve_inputs
 from .layers import aggregate
@@ -118,7 +118,7 @@ class Config:
 @dataclass
 class ProfileResult:
     out_dir: Path
-    records: list[dict[str, Any]]
+    records: list[ProfileRecord]
     peaks: list[dict[str, Any]]
     cpu: dict[str, Any]
     environment: dict[str, Any]
@@ -294,7 +294,7 @@ def profile_models(
     models = resolve_inputs(inputs, tiny=options.tiny, sample_shape=options.input_shape, batches=options.batches,
                             progress=progress, target=options.target)
     configs, skipped = plan_configs(models, options)
-    env = environment.capture()
+    env = host_environment()
     host, target = cpu.host(), cpu.resolve_target(options.target_cpu)
     stands = cpu.host_stands_for(target)
     warnings: list[str] = [] if stands else [
@@ -360,7 +360,7 @@ def profile_models(
     run_ceilings, clock = _against_ceilings(configs, records, peaks, host)
     if clock.mhz is None and any(_on_cpu(c) for c in configs):
         warnings.append(f"no theoretical ceiling: {clock.source} (no % of ceiling)")
-    warnings += [w for r in records for w in r["warnings"]]
+    warnings += [w for r in records for w in r.warnings]
 
     cpu_info = {"host_cpu": host.to_dict(), "target_cpu": target.to_dict(), "host_stands_for_target": stands,
                 "ceiling_isa": f"host: {host.isa.summary()}", "clock": {"mhz": clock.mhz, "source": clock.source},
@@ -373,7 +373,7 @@ def profile_models(
     return result
 
 
-def _against_probes(configs: Sequence[Config], records: list[dict[str, Any]],
+def _against_probes(configs: Sequence[Config], records: list[ProfileRecord],
                     peaks: dict[tuple[str, str, str], list[Peak]]) -> list[str]:
     """Fill each record's ``probe_peak`` and ``probe_percent``: the best probe of its backend/precision, or a
     model that beat every probe (a probe is only a floor of what the kernels can do); returns warnings."""
@@ -382,22 +382,22 @@ def _against_probes(configs: Sequence[Config], records: list[dict[str, Any]],
         group = [(c, r) for c, r in zip(configs, records, strict=True) if _peak_key(c) == pk]
         best = max(probes, key=lambda p: p.gops)
         gops, source = best.gops, f"{best.kind} probe ({best.shape})"
-        fastest = max(group, key=lambda cr: cr[1]["achieved_gops"] or 0.0)
-        if (fastest[1]["achieved_gops"] or 0.0) > gops:
-            gops, source = fastest[1]["achieved_gops"], f"{fastest[0].key} (faster than every probe)"
+        fastest = max(group, key=lambda cr: cr[1].achieved_gops or 0.0)
+        if (fastest[1].achieved_gops or 0.0) > gops:
+            gops, source = fastest[1].achieved_gops, f"{fastest[0].key} (faster than every probe)"
             warnings.append(f"{fastest[0].key}: {gops:.1f} GOPS beats every probe on {pk[0]} at {pk[1]} (best "
                             f"{best.kind}, {best.gops:.1f} GOPS): % of best probe is measured against this rate")
         summary = {"gops": gops, "source": source,
                    "probes": [{"kind": p.kind, "shape": p.shape, "gops": p.gops, "precision_used": p.precision_used}
                               for p in probes]}
         for _, r in group:
-            r["probe_peak"] = summary
-            if r["achieved_gops"] is not None:
-                r["probe_percent"] = 100.0 * r["achieved_gops"] / gops
+            r.probe_peak = summary
+            if r.achieved_gops is not None:
+                r.probe_percent = 100.0 * r.achieved_gops / gops
     return warnings
 
 
-def _against_ceilings(configs: Sequence[Config], records: list[dict[str, Any]],
+def _against_ceilings(configs: Sequence[Config], records: list[ProfileRecord],
                       peaks: dict[tuple[str, str, str], list[Peak]],
                       host: cpu.HostCpu) -> tuple[list[dict[str, Any]], Clock]:
     """Fill each CPU record's ``ceiling`` and ``ceiling_percent`` from the host ISA's ceiling at a clock that
@@ -411,21 +411,21 @@ def _against_ceilings(configs: Sequence[Config], records: list[dict[str, Any]],
                            f"the {p.kind} probe on {p.backend}") for p in probes]
     for c, r in zip(configs, records, strict=True):
         if _on_cpu(c):
-            wanted.add((r["ceiling_precision"], _cores(c)))
-            if r["achieved_gops"]:
-                rates.append(Rate(r["ceiling_precision"], _cores(c), r["achieved_gops"], c.key))
+            wanted.add((r.ceiling_precision, _cores(c)))
+            if r.achieved_gops:
+                rates.append(Rate(r.ceiling_precision, _cores(c), r.achieved_gops, c.key))
     found = ceilings(host.isa, clock, wanted, rates)
     for c, r in zip(configs, records, strict=True):
-        ceiling = found.get((r["ceiling_precision"], _cores(c))) if _on_cpu(c) else None
+        ceiling = found.get((r.ceiling_precision, _cores(c))) if _on_cpu(c) else None
         if ceiling is not None:
-            r["ceiling"] = ceiling_dict(ceiling, host.isa)
-            if r["achieved_gops"] is not None:
-                r["ceiling_percent"] = 100.0 * r["achieved_gops"] / ceiling.gops
+            r.ceiling = ceiling_dict(ceiling, host.isa)
+            if r.achieved_gops is not None:
+                r.ceiling_percent = 100.0 * r.achieved_gops / ceiling.gops
     return [ceiling_dict(found[k], host.isa) for k in sorted(wanted) if k in found], clock
 
 
 def _record(c: Config, s: Samples, info: dict[str, Any], load_s: float, layers: dict[str, Any] | None,
-            opt: ProfileOptions) -> dict[str, Any]:
+            opt: ProfileOptions) -> ProfileRecord:
     """The record of one configuration; the peaks it is set against are filled in once every rate is known."""
     stats = latency_stats(s.latencies_s)
     ips = throughput(s, c.batch)
@@ -443,39 +443,39 @@ def _record(c: Config, s: Samples, info: dict[str, Any], load_s: float, layers: 
                         "close other programs, pin the CPU frequency, or measure longer (--duration)")
     if not c.model.quantized and inference_precision != c.precision:
         warnings.append(f"{c.key}: {c.backend} ran {inference_precision} although {c.precision} was requested")
-    return {
-        "model": c.model.label,
-        "model_spec": c.model.spec,
-        "model_path": str(c.model.path),
-        "model_name": c.model.model_name,
-        "backend": c.backend,
-        "device": info.get("device", c.options.device),
-        "precision": effective,
-        "precision_requested": c.precision,
-        "inference_precision": inference_precision,
-        "quantized": c.model.quantized,
-        "batch": c.batch,
-        "mode": c.mode,
-        "input_shape": list(c.shape),
-        "params": c.model.params,
-        "macs_per_image": macs,
-        "macs_source": c.model.macs_source,
-        "settings": {**info, "requested": {k: v for k, v in c.options.to_dict().items() if k != "extra"}},
-        "load_s": load_s,
-        "first_inference_ms": s.first_s * 1e3,
-        "warmup": {"inferences": s.warmup_inferences, "seconds": s.warmup_s},
-        "iterations": s.inferences,
-        "measured_s": s.measured_s,
-        "latency_ms": stats.to_dict() if stats else None,
-        "throughput_images_per_s": ips,
-        "achieved_gops": achieved,
-        "probe_peak": None,
-        "probe_percent": None,
-        "ceiling_precision": ("int8" if c.model.quantized else inference_precision) if _on_cpu(c) else None,
-        "ceiling": None,
-        "ceiling_percent": None,
-        "spread": {"value": value, "metric": metric, "threshold": opt.spread_threshold,
-                   "warning": value > opt.spread_threshold},
-        "layers": layers,
-        "warnings": warnings,
-    }
+    return ProfileRecord(
+        model=c.model.label,
+        model_spec=c.model.spec,
+        model_path=str(c.model.path),
+        model_name=c.model.model_name,
+        backend=c.backend,
+        device=info.get("device", c.options.device),
+        precision=effective,
+        precision_requested=c.precision,
+        inference_precision=inference_precision,
+        quantized=c.model.quantized,
+        batch=c.batch,
+        mode=c.mode,
+        input_shape=list(c.shape),
+        params=c.model.params,
+        macs_per_image=macs,
+        macs_source=c.model.macs_source,
+        settings={**info, "requested": {k: v for k, v in c.options.to_dict().items() if k != "extra"}},
+        load_s=load_s,
+        first_inference_ms=s.first_s * 1e3,
+        warmup={"inferences": s.warmup_inferences, "seconds": s.warmup_s},
+        iterations=s.inferences,
+        measured_s=s.measured_s,
+        latency_ms=stats.to_dict() if stats else None,
+        throughput_images_per_s=ips,
+        achieved_gops=achieved,
+        probe_peak=None,
+        probe_percent=None,
+        ceiling_precision=("int8" if c.model.quantized else inference_precision) if _on_cpu(c) else None,
+        ceiling=None,
+        ceiling_percent=None,
+        spread={"value": value, "metric": metric, "threshold": opt.spread_threshold,
+                "warning": value > opt.spread_threshold},
+        layers=layers,
+        warnings=warnings,
+    )
