@@ -18,6 +18,7 @@ from .model import load_model
 from .models import get_variant
 from .profile.run import ProfileOptions, ProfileResult, default_output_dir, profile_models
 from .progress import Progress, Quiet
+from .records import ModelInfo
 from .quantize import QUANTIZERS, QuantizeOptions, quantize_run
 from .quantize.registry import default_quantizers
 from .quantize.stage import default_output
@@ -55,14 +56,14 @@ class DeployResult:
 
 def _same_export(run_dir: Path, name: str, tiny: bool, checkpoint: Path | None) -> bool:
     run = read_run(run_dir)
-    if run is None or run.stage != "export" or set(run.manifest.get("stages") or {}) != {"export"}:
+    if run is None or run.stage != "export" or set(run.record.stages or {}) != {"export"}:
         return False
-    model = run.manifest.get("model") or {}
-    ckpt = model.get("checkpoint")
-    same_weights = (ckpt is None and checkpoint is None and model.get("random_weights")) or (
+    model = run.record.model or ModelInfo()
+    ckpt = model.checkpoint
+    same_weights = (ckpt is None and checkpoint is None and model.random_weights) or (
         ckpt is not None and checkpoint is not None and checkpoint.is_file()
         and ckpt.get("sha256") == sha256_file(checkpoint))
-    return model.get("name") == name and bool(model.get("tiny")) == tiny and bool(same_weights)
+    return model.name == name and bool(model.tiny) == tiny and bool(same_weights)
 
 
 def _export(opt: DeployOptions, progress: Progress, reused: list[str]) -> Path:
@@ -84,11 +85,11 @@ def _int8_run(export_dir: Path, backend: str, opt: DeployOptions, progress: Prog
     out = default_output(export_dir, backend)
     model_file = (export_dir / "model.onnx").resolve()
     run = None if opt.overwrite else read_run(out)
-    if run is not None and run.stage == "quantize":
-        q = run.manifest["stages"]["quantize"]
-        source = q.get("source") or {}
+    q = run.record.quantize if run is not None and run.stage == "quantize" else None
+    if run is not None and q is not None:
+        source = q.source or {}
         if (Path(source.get("onnx", "")).resolve() == model_file and source.get("sha256") == sha256_file(model_file)
-                and q.get("settings", {}).get("target_cpu") == opt.quantize.target_cpu):
+                and (q.settings or {}).get("target_cpu") == opt.quantize.target_cpu):
             reused.append(f"quantize {backend}: reusing {out} (made from this export for --target-cpu "
                           f"{opt.quantize.target_cpu}; --overwrite redoes it)")
             return run

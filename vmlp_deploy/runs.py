@@ -41,11 +41,6 @@ class RunInfo:
     def float_model(self) -> bool:
         return self.stage in ("export", "optimize")
 
-    @property
-    def manifest(self) -> dict[str, Any]:
-        """The manifest as JSON, for readers (``deploy.py``) not yet on :attr:`record`."""
-        return self.record.to_json()
-
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "stage": self.stage, "model": self.model, "backend": self.backend,
                 "precision": self.precision, "target_cpu": self.target_cpu, "figure": self.figure,
