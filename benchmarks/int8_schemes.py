@@ -25,12 +25,13 @@ import numpy as np
 from vmlp_deploy import cpu
 from vmlp_deploy.backends import BACKENDS, RunOptions
 from vmlp_deploy.emulate import emulate, emulation_available
-from vmlp_deploy.export import ExportOptions, environment, export_model
+from vmlp_deploy.export import ExportOptions, export_model
 from vmlp_deploy.model import load_model
 from vmlp_deploy.quantize import QuantizeOptions, quantize_run
 from vmlp_deploy.quantize import digits as dg
 from vmlp_deploy.quantize.fidelity import run_all
 from vmlp_deploy.quantize.layout import interleaved_medians
+from vmlp_deploy.records import environment
 
 SCHEMES = {"cpu": ("u8s8", "u8s8-7bit", "u8u8", "auto"), "openvino": ("u8s8", "u8s8-7bit", "auto")}
 
@@ -53,11 +54,11 @@ def digits_table(work: Path, epochs: int, emulated: bool) -> dict[str, Any]:
                 result = quantize_run(run, QuantizeOptions(
                     backend=backend, output=out, calibration_data=split.train_dir, eval_data=split.test_dir,
                     target_cpu="avx2", int8_scheme=scheme, layout="as-given", gate=False))
-                q = result.manifest["stages"]["quantize"]
-                row: dict[str, Any] = {"scheme": q["integer_scheme"]["name"], "native_top1": result.accuracy.top1_int8,
+                q = result.record.quantize
+                row: dict[str, Any] = {"scheme": q.integer_scheme["name"], "native_top1": result.accuracy.top1_int8,
                                        "native_fp32_top1": result.accuracy.top1_fp32}
-                if q.get("saturation_prediction"):
-                    row["predicted_saturated_pairs"] = q["saturation_prediction"]["summary"]["rate"]
+                if q.saturation_prediction:
+                    row["predicted_saturated_pairs"] = q.saturation_prediction["summary"]["rate"]
                 if emulated:
                     run_ = emulate(result.model_path, split.x_test, backend, batch=1)
                     row["avx2_top1"] = top1(run_.outputs[0], split.y_test)

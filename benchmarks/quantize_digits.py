@@ -17,11 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from vmlp_deploy.export import environment
-from vmlp_deploy.quantize import QuantizeOptions, quantize_run
+from vmlp_deploy.quantize import QUANTIZERS, QuantizeOptions, quantize_run
 from vmlp_deploy.quantize import digits as dg
-
-BACKENDS = ("cpu", "openvino", "tensorrt")
+from vmlp_deploy.records import environment
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         train_s = time.perf_counter() - start
         run = dg.export(lm, work / config).out_dir
         params = sum(p.numel() for p in lm.module.parameters())
-        for backend in BACKENDS:
+        for backend in QUANTIZERS:
             start = time.perf_counter()
             r = quantize_run(run, QuantizeOptions(backend=backend, output=work / f"{config}-{backend}",
                                                   calibration_data=split.train_dir, eval_data=split.test_dir,

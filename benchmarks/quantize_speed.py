@@ -31,10 +31,10 @@ import onnx
 
 from vmlp_deploy import cpu
 from vmlp_deploy.backends import BACKENDS, RunOptions
-from vmlp_deploy.export import environment
 from vmlp_deploy.onnx_io import op_histogram
-
-BACKEND_NAMES = ("cpu", "openvino", "tensorrt")
+from vmlp_deploy.quantize import QUANTIZERS
+from vmlp_deploy.records import environment
+from vmlp_deploy.rundir import load_manifest
 
 
 def cli(*args: str) -> float:
@@ -52,12 +52,12 @@ def quantize(run: Path, backend: str, out: Path, samples: int, target_cpu: str) 
     args = ("quantize", str(run), "--backend", backend, "-o", str(out), "--num-samples", str(samples),
             "--target-cpu", target_cpu)
     wall = cli(*args)
-    q = json.loads((out / "manifest.json").read_text())["stages"]["quantize"]
-    f = q["fidelity"]
-    layout = q.get("layout") or {}
-    return {"command": "vmlp-deploy " + " ".join(args), "wall_s": round(wall, 1), "peak_rss_mb": q["peak_rss_mb"],
-            "timings_s": q["timings_s"], "top1_agreement": f["top1_agreement"], "sqnr_db": f["sqnr_db"],
-            "cosine_mean": f["cosine_mean"], "scheme": q["integer_scheme"]["name"],
+    q = load_manifest(out).quantize
+    f = q.fidelity
+    layout = q.layout or {}
+    return {"command": "vmlp-deploy " + " ".join(args), "wall_s": round(wall, 1), "peak_rss_mb": q.peak_rss_mb,
+            "timings_s": q.timings_s, "top1_agreement": f["top1_agreement"], "sqnr_db": f["sqnr_db"],
+            "cosine_mean": f["cosine_mean"], "scheme": q.integer_scheme["name"],
             "layout": layout.get("layout"), "layout_how": layout.get("how"),
             "layout_int8_median_ms": layout.get("int8_median_ms")}
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         entry: dict[str, Any] = {"graph": graph_facts(src), "quantize": {}}
         print(f"[{label}] {entry['graph']['nodes']} nodes, ScatterND {entry['graph']['scatternd']}", file=sys.stderr)
         outs = {}
-        for backend in BACKEND_NAMES:
+        for backend in QUANTIZERS:
             outs[backend] = work / f"{label.split()[0]}-{backend}"
             entry["quantize"][backend] = quantize(run, backend, outs[backend], args.samples, args.target_cpu)
             print(f"  quantize {backend}: {entry['quantize'][backend]['wall_s']} s, "

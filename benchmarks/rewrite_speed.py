@@ -34,10 +34,11 @@ import onnx
 import onnxruntime as ort
 import openvino as ov
 
-from vmlp_deploy.export import ExportOptions, environment, export_model
+from vmlp_deploy.export import ExportOptions, export_model
 from vmlp_deploy.model import load_model
 from vmlp_deploy.onnx_io import op_histogram
 from vmlp_deploy.passes import optimize_model
+from vmlp_deploy.records import environment
 
 SHIFT_OPS = ("ScatterND", "Slice", "Concat", "Pad", "Where", "Expand")
 
