@@ -287,10 +287,7 @@ def profile_models(
     check_output_dir(out, overwrite)
     if not inputs:
         raise UserError("nothing to profile: pass run directories, .onnx/.xml files or zoo model names")
-    for name in dict.fromkeys(b for b in options.backends if b != "all"):  # before any zoo export is spent
-        reason = BACKENDS[name].unavailable_reason()
-        if reason is not None:
-            raise BackendUnavailableError(reason)
+    _require_backends(options)
     models = resolve_inputs(inputs, tiny=options.tiny, sample_shape=options.input_shape, batches=options.batches,
                             progress=progress, target=options.target)
     configs, skipped = plan_configs(models, options)
@@ -300,62 +297,15 @@ def profile_models(
     warnings: list[str] = [] if stands else [
         f"--target-cpu {target.name} ({target.isa.summary()}): timings are this host's ({host.isa.summary()}) "
         "and cannot stand for the target; the ceilings are computed for the host's ISA, which ran them"]
-
-    peaks: dict[tuple[str, str, str], list[Peak]] = {}
-    if options.peak:
-        for c in configs:
-            pk = _peak_key(c)
-            if pk in peaks:
-                continue
-            peaks[pk] = []
-            for kind in KINDS:
-                with progress.step(f"Probe: {kind} on {c.backend} ({pk[1]}, {c.options.threads} threads)"):
-                    peaks[pk].append(measure_probe(kind, c.backend, pk[1], c.options, options.peak_size))
-                progress.note(f"{peaks[pk][-1].gops:.1f} GOPS ({peaks[pk][-1].shape}, "
-                              f"ran {peaks[pk][-1].precision_used})")
-
-    rng = np.random.default_rng(options.seed)
-    inputs_by_shape: dict[tuple[int, ...], np.ndarray] = {}
-    sessions, probes, load_s = [], [], []
-    with progress.step(f"Loading {len(configs)} configuration(s)"):
-        for c in configs:
-            x = inputs_by_shape.setdefault(c.shape, rng.standard_normal(c.shape, dtype=np.float32))
-            start = time.perf_counter()
-            session = BACKENDS[c.backend].load(c.model.path, c.options)
-            load_s.append(time.perf_counter() - start)
-            sessions.append(session)
-            if c.mode == "latency":
-                probes.append(Probe(c.key, c.batch, c.mode, timer=session.timer(x)))
-            else:
-                probes.append(Probe(c.key, c.batch, c.mode, concurrent=session.concurrent(x),
-                                    requests=c.options.streams))
-    plan = options.plan
-    what = f"{plan.iterations} iterations" if plan.iterations is not None else f"{plan.duration_s:g} s"
-    with progress.step(f"Measuring {len(configs)} configuration(s) interleaved, {what} each"):
-        samples = measure(probes, plan, on_measure)
+    peaks = _probe_peaks(configs, options, progress) if options.peak else {}
+    feeds = _feeds(configs, options.seed)
+    samples, described, load_s = _measure_interleaved(configs, feeds, options, progress, on_measure)
     busy = _busy_machine(env)
-    described = [s.describe() for s in sessions]
-    del sessions, probes
-
-    breakdowns: dict[str, dict[str, Any]] = {}
-    if options.layer_runs > 0:
-        for c in configs:
-            lk = f"{c.model.label}|{c.backend}|{c.precision}|{c.batch}"
-            if lk in breakdowns:
-                continue
-            with progress.step(f"Per-layer profile: {c.model.label} on {c.backend} ({c.label}, batch {c.batch})"):
-                session = BACKENDS[c.backend].load(c.model.path, replace(c.options, profiling=True, streams=1))
-                x = inputs_by_shape[c.shape]
-                for _ in range(2):
-                    session.run(x)
-                layers = session.layer_times(x, options.layer_runs)
-                breakdowns[lk] = aggregate(layers, options.layer_runs, options.top).to_dict()
+    breakdowns = _layer_breakdowns(configs, feeds, options, progress) if options.layer_runs > 0 else {}
 
     warnings += [busy] if busy else []
-    records = []
-    for c, s, info, loaded in zip(configs, samples, described, load_s, strict=True):
-        lk = f"{c.model.label}|{c.backend}|{c.precision}|{c.batch}"
-        records.append(_record(c, s, info, loaded, breakdowns.get(lk), options))
+    records = [_record(c, s, info, loaded, breakdowns.get(_layer_key(c)), options)
+               for c, s, info, loaded in zip(configs, samples, described, load_s, strict=True)]
     warnings += _against_probes(configs, records, peaks)
     run_ceilings, clock = _against_ceilings(configs, records, peaks, host)
     if clock.mhz is None and any(_on_cpu(c) for c in configs):
@@ -371,6 +321,85 @@ def profile_models(
         result.files = write_outputs(tmp, result, options, models, command=" ".join(sys.argv),
                                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return result
+
+
+def _require_backends(options: ProfileOptions) -> None:
+    """Every named backend can load (checked before any zoo export is spent)."""
+    for name in dict.fromkeys(b for b in options.backends if b != "all"):
+        reason = BACKENDS[name].unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailableError(reason)
+
+
+def _probe_peaks(configs: Sequence[Config], options: ProfileOptions,
+                 progress: Progress) -> dict[tuple[str, str, str], list[Peak]]:
+    """The probe kernels' rates, once per backend, precision and thread count."""
+    peaks: dict[tuple[str, str, str], list[Peak]] = {}
+    for c in configs:
+        pk = _peak_key(c)
+        if pk in peaks:
+            continue
+        peaks[pk] = []
+        for kind in KINDS:
+            with progress.step(f"Probe: {kind} on {c.backend} ({pk[1]}, {c.options.threads} threads)"):
+                peaks[pk].append(measure_probe(kind, c.backend, pk[1], c.options, options.peak_size))
+            progress.note(f"{peaks[pk][-1].gops:.1f} GOPS ({peaks[pk][-1].shape}, ran {peaks[pk][-1].precision_used})")
+    return peaks
+
+
+def _feeds(configs: Sequence[Config], seed: int) -> dict[tuple[int, ...], np.ndarray]:
+    """One seeded random input per input shape, shared by every configuration of that shape."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[tuple[int, ...], np.ndarray] = {}
+    for c in configs:
+        feeds.setdefault(c.shape, rng.standard_normal(c.shape, dtype=np.float32))
+    return feeds
+
+
+def _measure_interleaved(configs: Sequence[Config], feeds: dict[tuple[int, ...], np.ndarray], options: ProfileOptions,
+                         progress: Progress, on_measure: Callable[[float], None] | None,
+                         ) -> tuple[list[Samples], list[dict[str, Any]], list[float]]:
+    """Load every configuration, then time them interleaved: (samples, session descriptions, load seconds)."""
+    sessions, probes, load_s = [], [], []
+    with progress.step(f"Loading {len(configs)} configuration(s)"):
+        for c in configs:
+            x = feeds[c.shape]
+            start = time.perf_counter()
+            session = BACKENDS[c.backend].load(c.model.path, c.options)
+            load_s.append(time.perf_counter() - start)
+            sessions.append(session)
+            if c.mode == "latency":
+                probes.append(Probe(c.key, c.batch, c.mode, timer=session.timer(x)))
+            else:
+                probes.append(Probe(c.key, c.batch, c.mode, concurrent=session.concurrent(x),
+                                    requests=c.options.streams))
+    plan = options.plan
+    what = f"{plan.iterations} iterations" if plan.iterations is not None else f"{plan.duration_s:g} s"
+    with progress.step(f"Measuring {len(configs)} configuration(s) interleaved, {what} each"):
+        samples = measure(probes, plan, on_measure)
+    return samples, [s.describe() for s in sessions], load_s
+
+
+def _layer_key(c: Config) -> str:
+    return f"{c.model.label}|{c.backend}|{c.precision}|{c.batch}"
+
+
+def _layer_breakdowns(configs: Sequence[Config], feeds: dict[tuple[int, ...], np.ndarray], options: ProfileOptions,
+                      progress: Progress) -> dict[str, dict[str, Any]]:
+    """Per-layer times, once per model, backend, precision and batch, in a profiling session of its own."""
+    breakdowns: dict[str, dict[str, Any]] = {}
+    for c in configs:
+        lk = _layer_key(c)
+        if lk in breakdowns:
+            continue
+        with progress.step(f"Per-layer profile: {c.model.label} on {c.backend} ({c.label}, batch {c.batch})"):
+            session = BACKENDS[c.backend].load(c.model.path, replace(c.options, profiling=True, streams=1))
+            x = feeds[c.shape]
+            for _ in range(2):
+                session.run(x)
+            layers = session.layer_times(x, options.layer_runs)
+            breakdowns[lk] = aggregate(layers, options.layer_runs, options.top).to_dict()
+    return breakdowns
 
 
 def _against_probes(configs: Sequence[Config], records: list[ProfileRecord],
