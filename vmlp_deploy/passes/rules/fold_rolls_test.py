@@ -33,8 +33,10 @@ class _Block(torch.nn.Module):
         return torch.roll(y, shifts=self.back, dims=self.back_dims) + x
 
 
-def _export(block: torch.nn.Module) -> onnx.ModelProto:
+def _export(block: torch.nn.Module, dynamo: bool = False) -> onnx.ModelProto:
     torch.manual_seed(0)
+    if dynamo:
+        return torch.onnx.export(block.eval(), (torch.randn(*SHAPE),), dynamo=True, opset_version=18).model_proto
     buf = io.BytesIO()
     torch.onnx.export(block.eval(), (torch.randn(*SHAPE),), buf, dynamo=False, opset_version=17)
     return onnx.load_from_string(buf.getvalue())
@@ -67,6 +69,13 @@ def test_roll_position_wise_ops_and_inverse_roll_become_the_ops_alone(shifts, ba
     assert not result.patterns and result.changed
     x = np.random.default_rng(0).standard_normal(SHAPE, dtype=np.float32)
     np.testing.assert_array_equal(_run(result.model, x), _run(model, x))  # only where it reads from changes
+
+
+def test_the_dynamo_exporters_rolls_fold_too() -> None:
+    model = _export(_Block(_token_mlp, (2, 3), (-2, -3)), dynamo=True)
+    result = optimize_model(model)
+    assert result.report.fired("fold-rolls") == 1 and result.verification.passed
+    assert not {"Slice", "Concat", "Pad", "Transpose", "Gather"} & set(op_histogram(result.model))
 
 
 def test_rolls_that_meet_directly_vanish() -> None:
