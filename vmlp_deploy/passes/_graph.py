@@ -91,14 +91,6 @@ def rank_of(value: ir.Value) -> int | None:
     return len(value.shape) if value.shape is not None else None
 
 
-def single_user(value: ir.Value) -> ir.Node | None:
-    """The one node that reads ``value`` when it has exactly one use and is not a graph output."""
-    uses = value.uses()
-    if len(uses) != 1 or value.is_graph_output():
-        return None
-    return uses[0][0]
-
-
 def is_private(value: ir.Value) -> bool:
     """Used once and not a graph output: its producer may be replaced."""
     return len(value.uses()) == 1 and not value.is_graph_output()

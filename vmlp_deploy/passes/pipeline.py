@@ -57,7 +57,7 @@ class OptimizeResult:
     @property
     def layout_changes(self) -> int:
         """Rewrites made by the layout phases (Transposes moved, ops laid out channels-first, views flattened)."""
-        return self.report.total(*_LAYOUT_RULES)
+        return layout_changes(RULE_SETS[self.target], self.report)
 
     @property
     def changed(self) -> bool:
@@ -149,6 +149,11 @@ class OptimizeResult:
         return self.report.explain_lines()
 
 
+def layout_changes(rule_set: RuleSet, report: PassReport) -> int:
+    """How often the rules of ``rule_set``'s layout phases fired."""
+    return report.total(*rule_set.rule_names(phase for phase in rule_set.phases if phase.layout))
+
+
 def cleanup_counts(report: PassReport) -> dict[str, int]:
     """What the cleanup rules removed, in the manifest's ``cleanup`` fields (a cancelled pair counts 2)."""
     cancel = report.rules["cancel-transposes"].kinds if "cancel-transposes" in report.rules else {}
@@ -177,11 +182,6 @@ def channels_first_counts(report: PassReport) -> dict[str, int] | None:
     return {"transposes_propagated": kinds.get("lift", 0), "ops_rewritten": report.fired("channels-first"),
             "layernorms": kinds.get("layernorm", 0), "linears_to_conv": kinds.get("linear", 0),
             "transposes_restored": kinds.get("restore", 0), "group_views": report.fired("flatten-group-views")}
-
-
-#: The rules whose rewrites are layout changes (what ``changed`` counts for the channels-first targets).
-_LAYOUT_RULES = ("narrow-transposes", "linear-to-conv1x1", "unit-transpose-to-reshape", "flatten-group-views",
-                 "patch-conv-to-matmul", "channels-first")
 
 
 def optimize_model(
@@ -266,7 +266,7 @@ class _Run:
         return bool(self.sites or self.folded or (self.rule_set.layout_without_shifts and layout))
 
     def anything_changed(self) -> bool:
-        return bool(self.sites or self.folded or self.report.total(*_LAYOUT_RULES))
+        return bool(self.sites or self.folded or layout_changes(self.rule_set, self.report))
 
     def rewrite(self, layout: bool, sites: list[ShiftSite] | None = None) -> onnx.ModelProto:
         """The rest of the rule set on a copy of the canonical model (layout phases only when ``layout``)."""
@@ -294,7 +294,7 @@ class _Run:
 
     def verify_or_roll_back(self, layout: bool) -> bool:
         """Whole model vs original; on failure drop the layout phases, then bisect the shift sites. False: give up."""
-        if not self._verify() and self.report.total(*_LAYOUT_RULES):
+        if not self._verify() and layout_changes(self.rule_set, self.report):
             self._roll_back("rolled back the layout pass: whole-model outputs changed beyond round-off")
             layout = False
             if not self.sites:

@@ -400,7 +400,7 @@ class ShiftToConv(GraphRule, name="shift-to-conv"):
     them once and bisects over subsets), those are applied."""
 
 
-    def find(self, model: ir.Model) -> Iterator[ShiftSite | Decline]:
+    def find(self, model: ir.Model) -> Iterator[tuple[int, ShiftSite] | Decline]:
         ctx = self.context
         if ctx.sites is None:
             ctx.sites, ctx.skipped, rolled_back = find_shift_sites(
@@ -416,9 +416,7 @@ class ShiftToConv(GraphRule, name="shift-to-conv"):
         for node in graph:
             self.values.update({v.name: v for v in node.outputs if v.name})
         self.builder = Builder(graph)
-        for k, site in enumerate(sites):
-            self.index = k
-            yield site
+        yield from enumerate(sites)
 
     @staticmethod
     def _raise_opset(model: ir.Model, sites: Sequence[ShiftSite]) -> None:
@@ -431,9 +429,9 @@ class ShiftToConv(GraphRule, name="shift-to-conv"):
                 model.opset_imports[""] = target
                 model.ir_version = max(model.ir_version or 0, 9)
 
-    def rewrite(self, model: ir.Model, site: ShiftSite) -> Decline | None:
-        """Replace the site's output (found by value name); dead nodes are left for the driver to remove."""
-        graph, k = model.graph, self.index
+    def rewrite(self, model: ir.Model, match: tuple[int, ShiftSite]) -> Decline | None:
+        """Replace the ``k``-th site's output (found by value name); dead nodes are left for the driver to remove."""
+        graph, (k, site) = model.graph, match
         x, y = self.values.get(site.x_name), self.values.get(site.y_name)
         if x is None or y is None or y.producer() is None:
             return Decline("site no longer in the graph")
