@@ -14,7 +14,7 @@ import fnmatch
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,8 +89,7 @@ class GateResult:
     note: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"checked": self.checked, "value": self.value, "bound": self.bound, "passed": self.passed,
-                "enforced": self.enforced, "note": self.note}
+        return asdict(self)
 
 
 def fidelity_gate(opt: QuantizeOptions, logits: Any, accuracy: AccuracyReport | None, random_weights: bool,
