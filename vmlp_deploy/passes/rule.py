@@ -112,7 +112,7 @@ class GraphRule(Rule):
     """A rule that finds its matches over the whole graph (``find``) and rewrites each (``rewrite``)."""
 
 
-class LibraryRule(Rule):
+class LibraryRule(NodeRule):
     """A rule of onnxscript's rewriter (pattern, check, replacement) run by this driver and reported like ours.
 
     ``library`` holds the onnxscript rules, tried in order at every node whose type is in ``anchors``; an
@@ -120,34 +120,32 @@ class LibraryRule(Rule):
     """
 
     library: ClassVar[tuple[Any, ...]]
-    anchors: ClassVar[frozenset[str]]
 
-    def __init_subclass__(cls, library: tuple[Any, ...] = (), anchors: Iterable[str] = (), **kwargs: Any) -> None:
+    def __init_subclass__(cls, library: tuple[Any, ...] = (), **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if library:
-            cls.library, cls.anchors = library, frozenset(anchors)
+            cls.library = library
 
     def find(self, model: ir.Model) -> Iterator[Any | Decline]:
-        for node in list(model.graph):
-            if node.graph is None or node.op_type not in self.anchors:
-                continue
-            reasons = []
-            for rule in self.library:
-                found = rule.match(model, model.graph, node, check_nodes_are_removable=rule.remove_nodes)
-                delta = rule.try_rewrite(model, model.graph, node) if found else None
-                if delta is not None:
-                    yield node, delta
-                    break
-                why = (found.reason if found is not None else "") or ("no replacement" if found else "pattern does not match")
-                reasons.append(f"{rule.name or 'onnxscript rule'}: {why}")
-            else:
-                yield Decline("; ".join(reasons))
+        self.model = model  # onnxscript matches against the model (its opset imports)
+        return super().find(model)
 
-    def rewrite(self, model: ir.Model, match: Any) -> None:
+    def match(self, node: ir.Node) -> Any | Decline:
+        reasons = []
+        for rule in self.library:
+            found = rule.match(self.model, self.model.graph, node, check_nodes_are_removable=rule.remove_nodes)
+            delta = rule.try_rewrite(self.model, self.model.graph, node) if found else None
+            if delta is not None:
+                return node, delta
+            why = "pattern does not match" if found is None else found.reason or "matched, but the replacement failed"
+            reasons.append(f"{rule.name or 'onnxscript rule'}: {why}")
+        return Decline("; ".join(reasons))
+
+    def apply(self, b: Builder, match: Any) -> None:
         node, delta = match
         for initializer in delta.new_initializers:
-            model.graph.register_initializer(initializer)
-        ir.convenience.replace_nodes_and_values(model.graph, node, delta.match.nodes, delta.new_nodes,
+            b.graph.register_initializer(initializer)
+        ir.convenience.replace_nodes_and_values(b.graph, node, delta.match.nodes, delta.new_nodes,
                                                 delta.match.outputs, delta.new_outputs)
         for new in delta.new_nodes:
             if new.op_type == "Identity" and not new.outputs[0].is_graph_output():
