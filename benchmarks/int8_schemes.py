@@ -80,7 +80,7 @@ def speed_table(model: str, work: Path, iterations: int, threads: int) -> dict[s
                                                    int8_scheme=scheme, layout="as-given", num_samples=32))
         paths[scheme] = result.model_path
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    med = interleaved_medians("cpu", paths, x, threads, rounds=iterations)
+    med = interleaved_medians(BACKENDS["cpu"].load, paths, x, threads, rounds=iterations)
     return {"model": model, "threads": threads, "iterations": iterations,
             "median_ms": {k: round(v, 2) for k, v in med.items()},
             "ratio_to_fp32": {k: round(v / med["fp32"], 3) for k, v in med.items() if k != "fp32"}}

@@ -96,7 +96,7 @@ def test_logits_stay_float_and_the_layer_probe_matches_the_deployed_run(s2_run: 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((4, 3, 56, 56), dtype=np.float32)
     run_fp32, run_int8, layers = ort_layer_probes(s2_run / "model.onnx", cpu_run / "model.onnx", [head.name],
-                                                  tmp_path, threads=1)
+                                                  tmp_path, 1, BACKENDS["cpu"].load)
     assert [name for name, _, _ in layers] == [head.name]
     probed = layer_sqnr(run_fp32, run_int8, layers, x, "pixel_values", 1)[0].sqnr_db
     fp32 = BACKENDS["cpu"].load(s2_run / "model.onnx", RunOptions(threads=1))

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 from vmlp_deploy.models import create_model
 
-from vmlp_deploy import cpu
+from vmlp_deploy import cpu, isa_cap
 from vmlp_deploy.errors import FidelityGateError, UserError
 from vmlp_deploy.export import ExportOptions, export_model
 from vmlp_deploy.model import LoadedModel, load_model
@@ -188,6 +188,12 @@ def test_gate_failure_writes_nothing_and_no_gate_writes_with_a_warning(fragile_t
                                                       holdout=24, layout="as-given", calibration_data=data))
 
 
+def _foreign(capped: bool) -> str | None:
+    """A target this host does not stand for whose OpenVINO kernels it can (``capped``) or cannot run capped."""
+    return next((name for name, t in cpu.TARGETS.items() if not cpu.host_stands_for(t, integer_only=True)
+                 and (isa_cap.plan("openvino", t)[0] is not None) == capped), None)
+
+
 def test_layout_rule_measurement_and_names(s2_run: Path, tmp_path: Path) -> None:
     """Timed on the host when it stands for the target; the documented rule otherwise; node names pin it."""
     measured = quantize_run(s2_run, QuantizeOptions(backend="openvino", output=tmp_path / "m", num_samples=16,
@@ -195,8 +201,8 @@ def test_layout_rule_measurement_and_names(s2_run: Path, tmp_path: Path) -> None
     lay = json.loads((tmp_path / "m" / "manifest.json").read_text())["stages"]["quantize"]["layout"]
     assert lay["how"] == "measured" and set(lay["int8_median_ms"]) == {"as-given", "openvino"}
     assert measured.fidelity.logits.cosine_mean > 0.9
-    foreign = next(name for name, t in cpu.TARGETS.items()
-                   if not cpu.host_stands_for(t, integer_only=True) and t.isa.x86)
+    foreign = _foreign(capped=False)
+    assert foreign is not None, "no x86 host can cap OpenVINO to an Arm target"
     ruled = quantize_run(s2_run, QuantizeOptions(backend="openvino", output=tmp_path / "r", num_samples=16, holdout=4,
                                                  target_cpu=foreign))
     lay = json.loads((tmp_path / "r" / "manifest.json").read_text())["stages"]["quantize"]["layout"]
@@ -212,6 +218,23 @@ def test_layout_rule_measurement_and_names(s2_run: Path, tmp_path: Path) -> None
     with pytest.raises(UserError, match="--keep-float NAMES"):
         quantize_run(s2_run, QuantizeOptions(backend="cpu", output=tmp_path / "k", num_samples=16, holdout=4,
                                              layout="openvino", keep_float=("Gemm",)))
+
+
+def test_capped_target_is_measured_on_its_own_integer_kernels(s2_run: Path, tmp_path: Path) -> None:
+    """A lesser x86 target on OpenVINO: layout timed and fidelity measured with the oneDNN ISA cap, recorded."""
+    target = _foreign(capped=True)
+    if target is None:
+        pytest.skip(f"this host ({cpu.host().isa.summary()}) has no lesser x86 target it does not already stand for")
+    result = quantize_run(s2_run, QuantizeOptions(backend="openvino", output=tmp_path / "cap", num_samples=16,
+                                                  holdout=4, target_cpu=target))
+    q = result.manifest["stages"]["quantize"]
+    level = isa_cap.onednn_isa(cpu.TARGETS[target].isa)
+    assert q["host_stands_for_target"] is True and q["stand_in"]["env"] == {"ONEDNN_MAX_CPU_ISA": level}
+    assert q["stand_in"]["integer_kernels"] and not any(isa_cap.above(k, level) for k in q["stand_in"]["integer_kernels"])
+    assert not any("does not run the integer kernels" in w for w in q["warnings"])
+    assert q["layout"]["how"] == "measured" and f"ONEDNN_MAX_CPU_ISA={level}" in q["layout"]["reason"]
+    assert f"ONEDNN_MAX_CPU_ISA={level}" in (tmp_path / "cap" / "quantize.md").read_text()
+    assert result.fidelity.logits.cosine_mean > 0.9
 
 
 def test_keep_float_auto_ranks_with_the_targets_saturation(fragile_trained: Path, tmp_path: Path) -> None:

@@ -197,6 +197,12 @@ class QuantizeStage(StageRecord):
     gate: dict[str, Any] | None = None
     layout: dict[str, Any] | None = None
     saturation_prediction: dict[str, Any] | None = None
+    #: How the host ran the target's integer kernels when its own are not the target's (``isa_cap``).
+    stand_in: dict[str, Any] | None = None
+
+    def nullable(self) -> frozenset[str]:
+        """Every key, null for what did not apply, except ``stand_in``: written only by runs that had one."""
+        return super().nullable() - {"stand_in"}
 
 
 @dataclass

@@ -118,6 +118,9 @@ class Backend(Protocol):
     #: Runs on an accelerator (a GPU), never on this host's CPU: the host stands for no target CPU, the ISA
     #: ceilings do not describe it, and ``deploy`` profiles it only when it is the one backend asked for.
     accelerator: bool
+    #: The environment variable that caps the instruction set its CPU kernels dispatch on (read once per
+    #: process, so a capped session runs in a child: ``isa_cap``), or None where the runtime offers none.
+    isa_cap_env: str | None
 
     def default_streams(self, threads: int) -> int:
         """Requests in flight for a throughput run when ``--streams`` is not given."""
@@ -146,6 +149,7 @@ class HostCpuPolicy:
     ``precisions``."""
 
     accelerator: bool = False
+    isa_cap_env: str | None = None
 
     def default_streams(self, threads: int) -> int:
         return threads

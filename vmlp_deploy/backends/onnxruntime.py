@@ -209,6 +209,8 @@ class OnnxRuntimeBackend(HostCpuPolicy):
     suffixes: tuple[str, ...] = (".onnx",)
     precisions: tuple[str, ...] = ("f32",)
     fixed_device: str | None = "CPU"
+    #: MLAS dispatches on CPUID and offers no variable to cap it.
+    isa_cap_env: str | None = None
 
     def available(self) -> bool:
         return True

@@ -146,6 +146,16 @@ class OvSession:
         return [LayerTime(name=n, op_type=op, exec_type=ex, time_ms=ms / runs, precision=kernel_precision(ex))
                 for n, (op, ex, ms) in totals.items()]
 
+    def kernels(self) -> dict[str, str]:
+        """Compiled layer -> the kernel the plugin chose for it (``jit_avx2_1x1_I8``): which ISA really runs."""
+        kernels = {}
+        for op in self.compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            kind = info["primitiveType"].value if "primitiveType" in info else ""
+            if kind and not kind.startswith("unknown"):
+                kernels[op.get_friendly_name()] = kind
+        return kernels
+
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "backend": "openvino",
@@ -169,6 +179,8 @@ class OpenVinoBackend(HostCpuPolicy):
     precisions: tuple[str, ...] = ("f32", "bf16", "f16")
     #: ``--device`` picks the OpenVINO device (CPU, GPU, NPU).
     fixed_device: str | None = None
+    #: oneDNN, which runs the CPU plugin's convolutions and integer GEMMs, reads it at its first use.
+    isa_cap_env: str | None = "ONEDNN_MAX_CPU_ISA"
 
     def available(self) -> bool:
         return self.unavailable_reason() is None

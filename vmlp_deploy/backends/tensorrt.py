@@ -419,6 +419,7 @@ class TensorRtBackend:
     precisions: tuple[str, ...] = ("f32", "f16", "bf16")
     fixed_device: str | None = "GPU"
     accelerator: bool = True
+    isa_cap_env: str | None = None
 
     def default_streams(self, threads: int) -> int:
         """Two CUDA streams keep the GPU busy while the host prepares the next request; CPU threads say nothing."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from ..backends import RunOptions, Session
 from ..cpu import CpuTarget
 from ..errors import BackendUnavailableError
 from ..progress import Progress
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 #: Both layer probes (FP32, INT8) and the (node, op type, tensor) of each layer they expose.
 LayerProbes = tuple[Callable, Callable, list[tuple[str, str, str]]]
+#: Loads a quantized model for measuring: on the check runtime in this process, or in a child process that
+#: runs the target CPU's kernels (``isa_cap``).
+Loader = Callable[[Path, RunOptions], Session]
 
 
 @dataclass(frozen=True)
@@ -86,8 +90,9 @@ class Quantizer(Protocol):
 
     def quantized_consumers(self, int8_model: Path) -> list[str]: ...
 
-    def layer_probes(self, int8_model: Path, nodes: list[str], work: Path, threads: int | None) -> LayerProbes:
-        """FP32 and INT8 runs on ``check_runtime`` with the outputs of ``nodes`` exposed."""
+    def layer_probes(self, int8_model: Path, nodes: list[str], work: Path, threads: int | None,
+                     load_int8: Loader) -> LayerProbes:
+        """FP32 and INT8 runs on ``check_runtime`` with the outputs of ``nodes`` exposed (INT8 by ``load_int8``)."""
         ...
 
     def post_check(self, int8_model: Path, progress: Progress) -> dict[str, Any] | None:

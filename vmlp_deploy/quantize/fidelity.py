@@ -37,6 +37,7 @@ from onnx import numpy_helper
 from ..backends import RunOptions, Session
 from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..backends.openvino import OpenVinoBackend
+from .base import Loader
 from .data import BatchReader
 
 WORST_LAYERS = 10
@@ -192,8 +193,8 @@ def _dequantizer(model: onnx.ModelProto, tensor: str) -> tuple[str, Callable[[np
     return tensor, lambda v: v
 
 
-def ort_layer_probes(float_model: Path, int8_model: Path, nodes: list[str], work: Path,
-                     threads: int | None) -> tuple[Callable, Callable, list[tuple[str, str, str]]]:
+def ort_layer_probes(float_model: Path, int8_model: Path, nodes: list[str], work: Path, threads: int | None,
+                     load_int8: Loader) -> tuple[Callable, Callable, list[tuple[str, str, str]]]:
     """Both ONNX graphs with the outputs of ``nodes`` exposed, run with every graph optimisation on: the INT8
     numbers come from the integer kernels that will be deployed (saturation included), not from a float
     simulation of the QDQ graph."""
@@ -214,14 +215,15 @@ def ort_layer_probes(float_model: Path, int8_model: Path, nodes: list[str], work
                 existing.add(tensor)
         path = work / f"probe-{tag}.onnx"
         onnx.save(model, str(path))
-        session = OnnxRuntimeBackend().load(path, RunOptions(threads=threads))
+        load = load_int8 if tag == "int8" else OnnxRuntimeBackend().load
+        session = load(path, RunOptions(threads=threads))
         names = [o.name for o in model.graph.output]
         runs.append(_picker(session, [names.index(t) for t, _ in taps[tag]], [f for _, f in taps[tag]]))
     return runs[0], runs[1], layers
 
 
-def ov_layer_probes(float_model: Path, int8_model: Path, nodes: list[str], work: Path,
-                    threads: int | None) -> tuple[Callable, Callable, list[tuple[str, str, str]]]:
+def ov_layer_probes(float_model: Path, int8_model: Path, nodes: list[str], work: Path, threads: int | None,
+                    load_int8: Loader) -> tuple[Callable, Callable, list[tuple[str, str, str]]]:
     """Both models in OpenVINO (f32 pinned) with the outputs of the ops named ``nodes`` exposed."""
     import openvino as ov
 
@@ -240,8 +242,8 @@ def ov_layer_probes(float_model: Path, int8_model: Path, nodes: list[str], work:
         index = [sources.index((n, 0)) for n, _, _ in layers]
         path = work / f"probe-{tag}.xml"
         ov.save_model(model, str(path), compress_to_fp16=False)
-        session = OpenVinoBackend().load(path, RunOptions(threads=threads, precision="f32"))
-        runs.append(_picker(session, index))
+        load = load_int8 if tag == "int8" else OpenVinoBackend().load
+        runs.append(_picker(load(path, RunOptions(threads=threads, precision="f32")), index))
     return runs[0], runs[1], layers
 
 

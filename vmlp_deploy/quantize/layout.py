@@ -10,7 +10,8 @@ under the recorded seed, or the recorded checkpoint with the same sha256), its c
 re-export must compute the same function as the source on the calibration samples, or it is dropped; it is
 cached under ``$VMLP_DEPLOY_CACHE`` by the source model's sha256, so every backend and rerun shares one.
 
-* host stands for the target (same integer path): each candidate is quantized on a few calibration samples
+* host stands for the target (same integer path), or its runtime can be capped to the target's kernels
+  (``isa_cap``: OpenVINO for a lesser x86 target): each candidate is quantized on a few calibration samples
   (ranges do not change speed) and its INT8 latency is timed on the backend, interleaved; the faster wins.
 * otherwise the documented rule, the quantizer's ``layout_rule``: channels-first for ``openvino`` (the
   measurement above, and BENCHMARKS.md), the source graph for ``cpu`` (ONNX Runtime runs the channels-last graph
@@ -31,14 +32,14 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..backends import BACKENDS, RunOptions
+from ..backends import RunOptions
 from ..backends.base import cache_root
 from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..errors import UserError
 from ..progress import Progress
 from ..rundir import MANIFEST, sha256_file
 from ..targets import CHANNELS_FIRST, DEFAULT_TARGET, channels_first
-from .base import Quantizer
+from .base import Loader, Quantizer
 from .options import AS_GIVEN, AUTO
 from .source import SourceModel
 
@@ -121,13 +122,13 @@ def _same_function(a: Path, b: Path, samples: np.ndarray, batch: int | None) -> 
     return float(np.abs(outs[0] - outs[1]).max()) <= SAME_FUNCTION_RTOL * scale
 
 
-def interleaved_medians(backend: str, models: dict[str, Path], x: np.ndarray, threads: int | None,
+def interleaved_medians(load: Loader, models: dict[str, Path], x: np.ndarray, threads: int | None,
                         rounds: int = TIMING_ROUNDS) -> dict[str, float]:
     """Median latency (ms) per model, one inference each per round, rounds interleaved (ORT spinning off, so one
     session's spinning threads do not steal the next one's cores; float parts pinned to f32, which OpenVINO
-    would otherwise trade for bf16)."""
-    timers = {name: BACKENDS[backend].load(path, RunOptions(threads=threads, precision="f32", spinning=False))
-              .timer(x) for name, path in models.items()}
+    would otherwise trade for bf16). ``load`` is a backend's ``load`` or a capped loader (``isa_cap``)."""
+    timers = {name: load(path, RunOptions(threads=threads, precision="f32", spinning=False)).timer(x)
+              for name, path in models.items()}
     for timer in timers.values():
         for _ in range(3):
             timer()
@@ -138,11 +139,13 @@ def interleaved_medians(backend: str, models: dict[str, Path], x: np.ndarray, th
     return {name: round(float(np.median(t)) * 1e3, 3) for name, t in times.items()}
 
 
-def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: str, host_ok: bool,
-                  samples: np.ndarray, quick_quantize: QuickQuantize, work: Path, progress: Progress,
-                  threads: int | None = None, named_nodes: bool = False) -> LayoutChoice:
-    """The graph to quantize with ``quantizer``: see the module docstring. ``named_nodes``: the user named nodes
-    of the source graph (``--keep-float NAMES``), which a re-export would not have."""
+def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: str,
+                  timing: tuple[Loader, str] | None, samples: np.ndarray, quick_quantize: QuickQuantize, work: Path,
+                  progress: Progress, threads: int | None = None, named_nodes: bool = False) -> LayoutChoice:
+    """The graph to quantize with ``quantizer``: see the module docstring. ``timing``: how to load a candidate
+    so that it runs the target's kernels, and where that is (``on this host``), or None where nothing here can.
+    ``named_nodes``: the user named nodes of the source graph (``--keep-float NAMES``), which a re-export would
+    not have."""
     rule = quantizer.layout_rule
     if not rule.relayouts or requested == AS_GIVEN:
         why = "--layout as-given" if rule.relayouts else rule.reason
@@ -153,7 +156,7 @@ def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: st
                             "use --keep-float auto, or quantize a `vmlp-deploy export --target openvino` run")
         return LayoutChoice(AS_GIVEN, source, "rule", "--keep-float names nodes of the source graph")
     cannot_time = "this host cannot time the target's kernels"
-    if requested == AUTO and not host_ok and rule.layout == AS_GIVEN:
+    if requested == AUTO and timing is None and rule.layout == AS_GIVEN:
         return LayoutChoice(AS_GIVEN, source, "rule", f"{rule.reason}; {cannot_time}")
     with progress.step("Re-exporting channels-first (--target openvino) as a layout candidate"):
         path, note = _rebuild_channels_first(source)
@@ -168,7 +171,7 @@ def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: st
     channels_first_source = dataclasses.replace(source, onnx_path=path)
     if requested == CHANNELS_FIRST:
         return LayoutChoice(CHANNELS_FIRST, channels_first_source, "requested", "--layout openvino", candidates)
-    if not host_ok:
+    if timing is None:
         return LayoutChoice(CHANNELS_FIRST, channels_first_source, "rule", f"{rule.reason}; {cannot_time}",
                             candidates)
     with progress.step(f"Timing INT8 of both layouts on {quantizer.backend} ({TIMING_SAMPLES} calibration samples "
@@ -179,11 +182,12 @@ def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: st
             folder.mkdir()
             quantized[name] = quick_quantize(src, samples[:TIMING_SAMPLES], folder)
         x = samples[: source.batch or 1]
-        medians = interleaved_medians(quantizer.check_runtime, quantized, x, threads)
+        load, where = timing
+        medians = interleaved_medians(load, quantized, x, threads)
     progress.note("INT8 median latency by layout: " + ", ".join(f"{k} {v:.1f} ms" for k, v in medians.items()))
     ratio = medians[CHANNELS_FIRST] / medians[AS_GIVEN]
     if ratio <= 1 - MARGIN:
         return LayoutChoice(CHANNELS_FIRST, channels_first_source, "measured", f"channels-first INT8 is {ratio:.2f}x "
-                            "the source graph's latency on this host", candidates, medians)
+                            f"the source graph's latency {where}", candidates, medians)
     return LayoutChoice(AS_GIVEN, source, "measured", f"channels-first INT8 is {ratio:.2f}x the source graph's "
-                        f"latency on this host (switching needs <= {1 - MARGIN:.2f}x)", candidates, medians)
+                        f"latency {where} (switching needs <= {1 - MARGIN:.2f}x)", candidates, medians)

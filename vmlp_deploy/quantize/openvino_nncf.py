@@ -34,7 +34,7 @@ from ..cpu import CpuTarget
 from ..errors import UserError
 from ..progress import Progress
 from ..targets import CHANNELS_FIRST
-from .base import LayerProbes, LayoutRule
+from .base import LayerProbes, LayoutRule, Loader
 from .data import BatchReader
 from .fidelity import ov_layer_probes
 from .options import QuantizeOptions
@@ -176,8 +176,9 @@ class OpenVinoQuantizer:
                     found.append(name)
         return found
 
-    def layer_probes(self, int8_model: Path, nodes: list[str], work: Path, threads: int | None) -> LayerProbes:
-        return ov_layer_probes(self.float_model, int8_model, nodes, work, threads)
+    def layer_probes(self, int8_model: Path, nodes: list[str], work: Path, threads: int | None,
+                     load_int8: Loader) -> LayerProbes:
+        return ov_layer_probes(self.float_model, int8_model, nodes, work, threads, load_int8)
 
     def post_check(self, int8_model: Path, progress: Progress) -> dict[str, Any] | None:
         """OpenVINO reads the IR it wrote: nothing to check."""

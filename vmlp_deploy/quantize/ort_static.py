@@ -30,7 +30,7 @@ from ..cpu import CpuTarget
 from ..errors import UserError
 from ..progress import Progress
 from ._bar import bar
-from .base import LayerProbes, LayoutRule
+from .base import LayerProbes, LayoutRule, Loader
 from .data import BatchReader
 from .fidelity import ort_layer_probes
 from .options import AS_GIVEN, METHODS, QuantizeOptions
@@ -327,8 +327,9 @@ class OrtQuantizer:
                 if n.name in names and any(i in dq_out and dq_src.get(i) not in weights and dq_src.get(i) != ""
                                            for i in n.input)]
 
-    def layer_probes(self, int8_model: Path, nodes: list[str], work: Path, threads: int | None) -> LayerProbes:
-        return ort_layer_probes(self.float_model, int8_model, nodes, work, threads)
+    def layer_probes(self, int8_model: Path, nodes: list[str], work: Path, threads: int | None,
+                     load_int8: Loader) -> LayerProbes:
+        return ort_layer_probes(self.float_model, int8_model, nodes, work, threads, load_int8)
 
     def post_check(self, int8_model: Path, progress: Progress) -> dict[str, Any] | None:
         """ONNX Runtime runs any QDQ graph ``quantize_static`` writes: nothing to check."""

@@ -94,11 +94,19 @@ def _target_section(q: QuantizeStage) -> list[str]:
     if t is None or h is None or s is None or g is None:
         return []
     lay = q.layout or {}
+    if q.stand_in:
+        env = " ".join(f"{k}={v}" for k, v in q.stand_in["env"].items())
+        kernels = ", ".join(f"`{k}`" for k in q.stand_in["integer_kernels"])
+        measured_on = (f" — on the target's integer kernels: {q.stand_in['backend']} run with `{env}` "
+                       f"({kernels}); some float kernels keep the host's ISA")
+    elif q.host_stands_for_target:
+        measured_on = ""
+    else:
+        measured_on = (" — **not the target's integer kernels**: fidelity below is the host's, the target's "
+                       "saturation is predicted")
     rows = [
         ["target CPU", f"`{t['name']}`: {t['summary']} ({t['description']})"],
-        ["host CPU (measured on)", f"{h['model']}: {h['summary']}"
-         + ("" if q.host_stands_for_target else " — **not the target's integer kernels**: fidelity below is the "
-                                                  "host's, the target's saturation is predicted")],
+        ["host CPU (measured on)", f"{h['model']}: {h['summary']}{measured_on}"],
         ["integer scheme", f"`{s['name']}` ({s['description']}): {s['reason']}"],
     ]
     if lay:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .. import cpu
+from .. import cpu, isa_cap
 from ..backends import BACKENDS, RunOptions, Session
 from ..errors import FidelityGateError, UserError
 from ..preprocess import Recipe
@@ -30,7 +30,7 @@ from ..progress import Progress, Quiet, TimedSteps
 from ..records import Artifacts, QuantizeStage, RunManifest, environment
 from ..rundir import check_output_dir, peak_rss_mb, sha256_file, staged_dir, write_manifest
 from ._bar import bar
-from .base import Quantizer, require_modules
+from .base import Loader, Quantizer, require_modules
 from .data import DataStats, ImageFolder, SampleSet, load_directory, load_embedded
 from .fidelity import WORST_LAYERS, FidelityReport, LogitsReport, compare_logits, layer_sqnr, run_all
 from .layout import LayoutChoice, QuickQuantize, choose_layout
@@ -218,7 +218,7 @@ def _accuracy(folder: ImageFolder, recipe: Any, fp32: Session, int8: Session, ba
 
 def _auto_keep_float(quantizer: Quantizer, source: SourceModel, options: QuantizeOptions, data: SampleSet,
                      fp32: Session, int8_path: Path, work: Path, progress: Progress,
-                     saturating: bool) -> SearchResult:
+                     saturating: bool, load_int8: Loader) -> SearchResult:
     """Rank layers by local INT8 noise, then keep the smallest prefix in float that meets --min-agreement.
 
     Every agreement is measured on the deployed kernels. When the scheme saturates on the target
@@ -228,8 +228,8 @@ def _auto_keep_float(quantizer: Quantizer, source: SourceModel, options: Quantiz
     reference = run_all(fp32, samples, source.batch).argmax(-1)
 
     def agreement(path: Path) -> float:
-        return float((run_all(_load(quantizer, path, options.threads), samples, source.batch).argmax(-1)
-                      == reference).mean())
+        int8 = load_int8(path, RunOptions(threads=options.threads, precision="f32"))
+        return float((run_all(int8, samples, source.batch).argmax(-1) == reference).mean())
 
     baseline = agreement(int8_path)
     if baseline >= options.min_agreement:
@@ -272,11 +272,27 @@ class _Run:
     target: cpu.CpuTarget
     choice: SchemeChoice
     host_ok: bool
+    #: Where the host's own kernels are not the target's: the cap that makes its runtime run them (``isa_cap``).
+    cap: isa_cap.IsaCap | None
     out: Path
     recipe: Recipe | None
     recipe_origin: str
     folder: ImageFolder | None
     warnings: list[str]
+    #: The kernels the last capped session ran (``isa_cap.check_kernels``).
+    cap_check: isa_cap.CapCheck | None = None
+
+    def load_int8(self, path: Path, options: RunOptions) -> Session:
+        """A quantized model on the kernels the target runs: the check runtime here, or capped in a child."""
+        if self.cap is None:
+            return BACKENDS[self.kind.check_runtime].load(path, options)
+        session, self.cap_check = isa_cap.load(self.cap, path, options)
+        return session
+
+    @property
+    def measures_target(self) -> bool:
+        """Whether INT8 numbers come from the target's integer kernels (the host's own, or capped)."""
+        return self.host_ok or self.cap is not None
 
     @property
     def random_weights(self) -> bool:
@@ -310,7 +326,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
                 sensitivity, model_path = _search_keep_float(run, quantizer, data, fp32, model_path, work, tmp)
             keep = sensitivity.kept
         graph_check = quantizer.post_check(model_path, run.progress)
-        int8, fidelity = _measure_fidelity(run, quantizer, fp32, model_path, data.held_out, work)
+        int8, fidelity, stand_in = _measure_fidelity(run, quantizer, fp32, model_path, data.held_out, work)
         saturation = None
         if quantizer.predicts_saturation and run.target.isa.u8s8_saturates:
             saturation = _target_saturation(run, model_path, data.held_out, work)
@@ -322,7 +338,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
         gate = _apply_gate(run, fidelity.logits, accuracy, len(keep))
         steps.seconds["total"] = round(time.perf_counter() - start, 3)
         result = _write(run, tmp, quantizer, layout, model_path, data.stats, keep, sensitivity, fidelity, accuracy,
-                        graph_check, saturation, gate, steps.seconds)
+                        graph_check, saturation, gate, steps.seconds, stand_in)
     return result
 
 
@@ -337,10 +353,15 @@ def _settle(run_dir: Path, opt: QuantizeOptions, progress: Progress) -> _Run:
     progress.note(f"INT8 scheme {choice.scheme.name}: {choice.reason}")
     warnings = [choice.warning] if choice.warning else []
     host_ok = BACKENDS[kind.backend].accelerator or cpu.host_stands_for(target, integer_only=True)
+    cap = None
     if not host_ok:
-        warnings.append(f"this host ({cpu.host().isa.summary()}) does not run the integer kernels of --target-cpu "
-                        f"{target.name} ({target.isa.summary()}): fidelity below is the host's; "
-                        "the target's saturation is predicted separately")
+        cap, why_not = isa_cap.plan(kind.check_runtime, target)
+        if cap is None:
+            warnings.append(f"this host ({cpu.host().isa.summary()}) does not run the integer kernels of --target-cpu "
+                            f"{target.name} ({target.isa.summary()}) and {why_not}: fidelity below is the host's; "
+                            "the target's saturation is predicted separately")
+        else:
+            progress.note(f"Measuring on {target.name}'s integer kernels: {cap.describe()}")
     out = opt.output or default_output(run_dir, opt.backend)
     check_output_dir(out, opt.overwrite)
     recipe, recipe_origin = resolve_recipe(source, opt.recipe)
@@ -348,8 +369,8 @@ def _settle(run_dir: Path, opt: QuantizeOptions, progress: Progress) -> _Run:
     if folder is not None and recipe is None:
         raise UserError("--eval-data images need preprocessing, and the model carries no recipe: pass --mean R G B "
                         "--std R G B (and --resize, --interpolation) or --recipe FILE")
-    return _Run(opt, progress, TimedSteps(progress), source, kind, target, choice, host_ok, out, recipe, recipe_origin,
-                folder, warnings)
+    return _Run(opt, progress, TimedSteps(progress), source, kind, target, choice, host_ok, cap, out, recipe,
+                recipe_origin, folder, warnings)
 
 
 def _data_warnings(opt: QuantizeOptions, stats: DataStats) -> list[str]:
@@ -365,11 +386,20 @@ def _data_warnings(opt: QuantizeOptions, stats: DataStats) -> list[str]:
 
 def _choose_layout(run: _Run, samples: np.ndarray, work: Path) -> LayoutChoice:
     opt = run.opt
-    layout = choose_layout(run.source, run.kind, opt.layout, run.host_ok, samples,
+    layout = choose_layout(run.source, run.kind, opt.layout, _layout_timing(run), samples,
                            _quick_quantizer(run.kind, opt, run.choice.scheme, run.source.onnx_path), work, run.progress,
                            opt.threads, named_nodes=bool(opt.keep_float) and not opt.keep_float_auto)
     run.progress.note(f"Layout: {layout.layout} ({layout.how}: {layout.reason})")
     return layout
+
+
+def _layout_timing(run: _Run) -> tuple[Loader, str] | None:
+    """How layout candidates are timed on the target's kernels, and where: None where this host cannot."""
+    if run.host_ok:
+        return BACKENDS[run.kind.check_runtime].load, "on this host"
+    if run.cap is not None:
+        return run.load_int8, f"on this host with {run.cap.variable}={run.cap.level}"
+    return None
 
 
 def _named_keep_float(opt: QuantizeOptions, float_model: Path) -> list[str]:
@@ -391,7 +421,7 @@ def _search_keep_float(run: _Run, quantizer: Quantizer, data: SampleSet, fp32: S
     opt = run.opt
     saturating = quantizer.predicts_saturation and run.choice.scheme.saturates_on(run.target.isa)
     sensitivity = _auto_keep_float(quantizer, run.source, opt, data, fp32, model_path, work, run.progress,
-                                   saturating)
+                                   saturating, run.load_int8)
     keep = sensitivity.kept
     if keep:
         with run.progress.step(f"Quantizing for {opt.backend} with {len(keep)} layer(s) kept in float"):
@@ -403,20 +433,22 @@ def _search_keep_float(run: _Run, quantizer: Quantizer, data: SampleSet, fp32: S
 
 
 def _measure_fidelity(run: _Run, quantizer: Quantizer, fp32: Session, model_path: Path, held_out: np.ndarray,
-                      work: Path) -> tuple[Session, FidelityReport]:
-    """FP32 vs INT8 logits on the held-out samples, then the SQNR of every quantized layer on a few of them."""
+                      work: Path) -> tuple[Session, FidelityReport, isa_cap.CapCheck | None]:
+    """FP32 vs INT8 logits on the held-out samples, then the SQNR of every quantized layer on a few of them; and,
+    where the INT8 model ran capped, the kernels it ran."""
     source, threads = run.source, run.opt.threads
     with run.steps.step(f"Measuring fidelity on {len(held_out)} held-out samples", "fidelity"):
-        int8 = _load(quantizer, model_path, threads)
+        int8 = run.load_int8(model_path, RunOptions(threads=threads, precision="f32"))
+        stand_in = run.cap_check
         logits = compare_logits(run_all(fp32, held_out, source.batch), run_all(int8, held_out, source.batch))
         fidelity = FidelityReport(logits, quantizer.check_runtime, getattr(int8, "precision", "int8"))
         layers = quantizer.quantized_consumers(model_path)
-        run_fp32, run_int8, pairs = quantizer.layer_probes(model_path, layers, work, threads)
+        run_fp32, run_int8, pairs = quantizer.layer_probes(model_path, layers, work, threads, run.load_int8)
         measured = layer_sqnr(run_fp32, run_int8, pairs, held_out[:LAYER_SAMPLES], source.input_name, source.batch)
         fidelity.layers_measured, fidelity.layer_samples = len(measured), min(LAYER_SAMPLES, len(held_out))
         fidelity.worst_layers = measured[:WORST_LAYERS]
         fidelity.layer_method = quantizer.layer_method
-    return int8, fidelity
+    return int8, fidelity, stand_in
 
 
 def _target_saturation(run: _Run, model_path: Path, samples: np.ndarray, work: Path) -> dict[str, Any]:
@@ -458,7 +490,7 @@ def _apply_gate(run: _Run, logits: LogitsReport, accuracy: AccuracyReport | None
 def _write(run: _Run, tmp: Path, quantizer: Quantizer, layout: LayoutChoice, model_path: Path, stats: DataStats,
            keep: list[str], sensitivity: SearchResult | None, fidelity: FidelityReport,
            accuracy: AccuracyReport | None, graph_check: dict[str, Any] | None, saturation: dict[str, Any] | None,
-           gate: GateResult, timings: dict[str, float]) -> QuantizeResult:
+           gate: GateResult, timings: dict[str, float], stand_in: isa_cap.CapCheck | None) -> QuantizeResult:
     """``manifest.json`` and ``quantize.md`` beside the model in the staged output directory."""
     opt, source = run.opt, run.source
     peak = peak_rss_mb()
@@ -483,7 +515,8 @@ def _write(run: _Run, tmp: Path, quantizer: Quantizer, layout: LayoutChoice, mod
         timings_s=timings,
         peak_rss_mb=peak,
         warnings=run.warnings,
-        **_target_record(run.target, run.choice, run.host_ok, gate),
+        **_target_record(run.target, run.choice, run.measures_target, gate),
+        stand_in=stand_in.to_dict() if stand_in else None,
         layout=layout.to_dict(),
         saturation_prediction=saturation,
     ))
@@ -496,7 +529,8 @@ def _write(run: _Run, tmp: Path, quantizer: Quantizer, layout: LayoutChoice, mod
 
 
 def _target_record(target: cpu.CpuTarget, choice: SchemeChoice, host_ok: bool, gate: GateResult) -> dict[str, Any]:
-    """Which CPU the model is for, which it was measured on, and the integer scheme chosen between them."""
+    """Which CPU the model is for, which it was measured on, and the integer scheme chosen between them
+    (``host_ok``: the INT8 numbers come from the target's integer kernels, the host's own or capped)."""
     return {"target_cpu": target.to_dict(), "host_cpu": cpu.host().to_dict(), "host_stands_for_target": host_ok,
             "integer_scheme": choice.to_dict(), "gate": gate.to_dict()}
 

@@ -1,0 +1,155 @@
+"""A backend session in a child process with its own environment.
+
+Why: some runtimes read settings from the environment once per process, before their first use; OpenVINO's
+oneDNN reads ``ONEDNN_MAX_CPU_ISA`` (``vmlp_deploy.isa_cap``) that way. A session that must run under such a
+setting while this process keeps its own runs in a spawned child, which loads the model with the backend's
+ordinary ``load`` and answers calls over a pipe. Timing happens inside the child with the backend's own timer,
+so the pipe's round trip is never part of a measured latency.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from .base import Concurrent, LayerTime, RunOptions, Timer
+
+#: Seconds to wait for the child to load the model (OpenVINO compiles it there).
+LOAD_TIMEOUT_S = 600.0
+
+
+class IsolatedSessionError(UserError):
+    """The child failed, or a call inside it raised; the message is the child's."""
+
+
+def _serve(conn: Connection) -> None:
+    """The child (its environment set at its start): load the model it is sent, then answer calls until closed."""
+    from . import BACKENDS
+
+    backend, model, options = conn.recv()
+    try:
+        session = BACKENDS[backend].load(Path(model), options)
+    except Exception as e:  # sent to the parent, which raises it there with this message
+        conn.send(("error", type(e).__name__, str(e), isinstance(e, UserError)))
+        return
+    conn.send(("ok", {"input_name": session.input_name, "input_shape": session.input_shape,
+                      "precision": session.precision, "quantized": session.quantized}))
+    timer: Timer | None = None
+    many: Concurrent | None = None
+    while True:
+        try:
+            call, args = conn.recv()
+        except EOFError:
+            return
+        if call == "close":
+            return
+        try:
+            if call == "bind_timer":
+                timer, result = session.timer(args[0]), None
+            elif call == "time":
+                assert timer is not None, "time before bind_timer"
+                result = timer()
+            elif call == "bind_concurrent":
+                many, result = session.concurrent(args[0]), None
+            elif call == "many":
+                assert many is not None, "many before bind_concurrent"
+                result = many(*args)
+            else:
+                result = getattr(session, call)(*args)
+        except Exception as e:
+            conn.send(("error", type(e).__name__, str(e), isinstance(e, UserError)))
+            continue
+        conn.send(("ok", result))
+
+
+class IsolatedSession:
+    """The ``Session`` interface, served by a child process that ran ``BACKENDS[backend].load(model, options)``
+    with ``env`` added to its environment. Close it (or use it as a context manager) to end the child."""
+
+    def __init__(self, backend: str, model: Path, options: RunOptions, env: dict[str, str]) -> None:
+        # A fresh interpreter (not multiprocessing's spawn, which re-imports the caller's __main__) with the
+        # environment in place before it starts; calls travel over a socket pair as pickled messages.
+        ours, theirs = socket.socketpair()
+        self._process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],
+                                         pass_fds=(theirs.fileno(),), env={**os.environ, **env})
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self.env = dict(env)
+        self._conn.send((backend, str(model), options))
+        if not self._conn.poll(LOAD_TIMEOUT_S):
+            self.close()
+            raise IsolatedSessionError(f"{backend} did not load {Path(model).name} in a child process within "
+                                       f"{LOAD_TIMEOUT_S:g} s")
+        attrs = self._answer()
+        self.input_name: str = attrs["input_name"]
+        self.input_shape: list[int | str] = attrs["input_shape"]
+        self.precision: str = attrs["precision"]
+        self.quantized: bool = attrs["quantized"]
+
+    def _answer(self) -> Any:
+        try:
+            status, *payload = self._conn.recv()
+        except EOFError:
+            code = self._process.poll()
+            self.close()
+            raise IsolatedSessionError(f"the child process serving the session ended (exit code {code})") from None
+        if status == "error":
+            name, message, user = payload
+            raise IsolatedSessionError(message if user else f"{name} in the child process: {message}")
+        return payload[0]
+
+    def _call(self, call: str, *args: Any) -> Any:
+        self._conn.send((call, args))
+        return self._answer()
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        return self._call("run", x)
+
+    def timer(self, x: np.ndarray) -> Timer:
+        self._call("bind_timer", x)
+        return lambda: self._call("time")
+
+    def concurrent(self, x: np.ndarray) -> Concurrent:
+        self._call("bind_concurrent", x)
+        return lambda n: self._call("many", n)
+
+    def layer_times(self, x: np.ndarray, runs: int) -> list[LayerTime]:
+        return self._call("layer_times", x, runs)
+
+    def kernels(self) -> dict[str, str]:
+        return self._call("kernels")
+
+    def describe(self) -> dict[str, Any]:
+        return {**self._call("describe"), "environment": self.env}
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            try:
+                self._conn.send(("close", ()))
+                self._process.wait(timeout=10)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                self._process.kill()
+                self._process.wait()
+        self._conn.close()
+
+    def __enter__(self) -> IsolatedSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_conn", None) is not None:
+            self.close()
+
+
+if __name__ == "__main__":
+    _serve(Connection(int(sys.argv[1])))

@@ -1,0 +1,127 @@
+"""Run a runtime's CPU kernels as a lesser x86 CPU's, natively: the host stands in for the target CPU.
+
+Why: a model quantized here for ``--target-cpu avx2`` must be measured on the kernels an AVX2-only CPU runs
+(u8 x s8 pairs saturate in int16 there, ``quantize/saturation.py``); on an AVX-512/VNNI host the runtimes pick
+their VNNI kernels instead. OpenVINO's CPU plugin runs its convolutions and integer GEMMs through oneDNN, which
+dispatches on the CPU's flags but obeys ``ONEDNN_MAX_CPU_ISA`` (read once, at its first use): a child process
+started with it runs the target's integer kernels at native speed, where QEMU (``emulate``) is ~30x slower and
+good for accuracy only. ONNX Runtime's MLAS reads CPUID with no override, so it cannot be capped.
+
+Measured (AMD EPYC Zen 5 host; BENCHMARKS.md "Standing in for an AVX2 CPU"): capped to AVX2, every integer
+kernel of a digits-trained S2-MLPv2 quantized u8s8 for OpenVINO is an AVX2 one (``jit_gemm_I8``,
+``jit_avx2_1x1_I8``, ``jit_avx2_I8``), and its logits match ``qemu-x86_64 -cpu Haswell``'s to 0.013 (top-1
+identical on all 539 test images), while the uncapped run differs by up to 1.47 (saturation the host lacks).
+
+What the cap does not reach: the plugin's own JIT kernels of some float ops (reductions, RMS norm, some
+elementwise ops) and MLAS's f32 FullyConnected keep the host's ISA. So integer results are the target's, and
+float parts run faster than on the target. Every capped session is checked: an integer kernel above the cap is
+an error, float kernels above it are counted in the record.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import cpu
+from .backends import BACKENDS, RunOptions
+from .backends.isolated import IsolatedSession
+from .errors import UserError
+
+#: Kernel-name suffixes of integer kernels (OpenVINO's ``execType``: ``jit_avx2_1x1_I8``).
+INTEGER_SUFFIXES = ("_i8", "_u8", "_i32")
+
+
+def onednn_isa(isa: cpu.Isa) -> str:
+    """oneDNN's name for the widest ISA level whose every feature ``isa`` has (oneDNN's "CPU dispatcher control")."""
+    f = isa.features
+    if isa.amx_int8:
+        return "AVX512_CORE_AMX"
+    if isa.avx512:
+        if "avx512_fp16" in f:
+            return "AVX512_CORE_FP16"
+        if "avx512_bf16" in f:
+            return "AVX512_CORE_BF16"
+        return "AVX512_CORE_VNNI" if "avx512_vnni" in f else "AVX512_CORE"
+    if "avx_vnni" in f:
+        return "AVX2_VNNI"
+    return "AVX2" if "avx2" in f else "SSE41"
+
+
+def above(kernel: str, level: str) -> bool:
+    """Whether a kernel name (``brgemm_avx512_amx_I8``) uses an ISA beyond the oneDNN ``level``."""
+    k = kernel.lower()
+    if "amx" in k and "AMX" not in level:
+        return True
+    if "avx512" in k and not level.startswith("AVX512"):
+        return True
+    return "vnni" in k and "VNNI" not in level and level in ("AVX2", "SSE41", "AVX512_CORE")
+
+
+@dataclass(frozen=True)
+class IsaCap:
+    """The environment that makes ``backend`` run ``target``'s kernels on this host."""
+
+    backend: str
+    target: str
+    variable: str
+    level: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {self.variable: self.level}
+
+    def describe(self) -> str:
+        return f"{self.backend} in a child process with {self.variable}={self.level}"
+
+
+def plan(backend: str, target: cpu.CpuTarget) -> tuple[IsaCap | None, str]:
+    """The cap that lets this host run ``target``'s kernels on ``backend``, or None and why there is none."""
+    variable = BACKENDS[backend].isa_cap_env
+    if variable is None:
+        return None, f"{backend} dispatches on the CPU's own flags and cannot be capped"
+    host = cpu.host().isa
+    if not (host.x86 and target.isa.x86):
+        return None, "capping runs x86 targets on x86 hosts only"
+    missing = sorted(target.isa.features - host.features)
+    if missing:
+        return None, f"this host lacks {', '.join(missing)}, which {target.name} has"
+    return IsaCap(backend, target.name, variable, onednn_isa(target.isa)), ""
+
+
+@dataclass
+class CapCheck:
+    """What a capped session really runs: its integer kernels, and the float kernels the cap did not reach."""
+
+    cap: IsaCap
+    integer_kernels: dict[str, int] = field(default_factory=dict)
+    float_kernels_above_cap: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": "isa cap", "backend": self.cap.backend, "target": self.cap.target, "env": self.cap.env,
+                "integer_kernels": self.integer_kernels, "float_kernels_above_cap": self.float_kernels_above_cap,
+                "note": "integer kernels are the target's; some float kernels keep the host's ISA (isa_cap.py)"}
+
+
+def check_kernels(cap: IsaCap, kernels: dict[str, str]) -> CapCheck:
+    """Refuse a session whose integer kernels exceed the cap (the variable did not take); count the rest."""
+    integer = Counter(k for k in kernels.values() if k.lower().endswith(INTEGER_SUFFIXES))
+    bad = sorted({k for k in integer if above(k, cap.level)})
+    if bad:
+        raise UserError(f"{cap.variable}={cap.level} did not cap {cap.backend}'s integer kernels (it ran "
+                        f"{', '.join(bad)}): its runtime ignores the variable; measure on a {cap.target} machine")
+    floats = Counter(k for k in kernels.values() if not k.lower().endswith(INTEGER_SUFFIXES) and above(k, cap.level))
+    return CapCheck(cap, dict(sorted(integer.items())), dict(sorted(floats.items())))
+
+
+def load(cap: IsaCap, model: Path, options: RunOptions) -> tuple[IsolatedSession, CapCheck]:
+    """``model`` loaded by ``cap.backend`` in a capped child process, its kernels checked."""
+    session = IsolatedSession(cap.backend, model, options, cap.env)
+    try:
+        check = check_kernels(cap, session.kernels())
+    except Exception:
+        session.close()
+        raise
+    return session, check
