@@ -5,7 +5,9 @@ The digits-trained tiny S2-MLPv2 and ConvNeXt (``vmlp_deploy.quantize.digits``) 
 ONNX Runtime) and with ``auto`` for ``--target-cpu avx2``, calibrated on 300 training images. Each INT8 model's
 top-1 on the 539 test images is measured twice: natively on this host, and on an AVX2-only CPU emulated with
 ``qemu-x86_64 -cpu Haswell`` (``vmlp_deploy.emulate``: the runtimes dispatch their AVX2 kernels there; accuracy
-only). For ONNX Runtime the predicted saturation (``quantize/saturation.py``) is listed beside the measured
+only). OpenVINO's models are also run natively with its oneDNN kernels capped to AVX2 (``vmlp_deploy.isa_cap``,
+where this host has more than AVX2), which must agree with the emulated column. For ONNX Runtime the predicted
+saturation (``quantize/saturation.py``) is listed beside the measured
 accuracy. ``--speed-model`` also times ONNX Runtime INT8 of a zoo model per scheme on this host, interleaved.
 
     python benchmarks/int8_schemes.py --speed-model s2mlpv2_small --out benchmarks/results/int8_schemes.json
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from vmlp_deploy import cpu
+from vmlp_deploy import cpu, isa_cap
 from vmlp_deploy.backends import BACKENDS, RunOptions
 from vmlp_deploy.emulate import emulate, emulation_available
 from vmlp_deploy.export import ExportOptions, export_model
@@ -59,6 +61,12 @@ def digits_table(work: Path, epochs: int, emulated: bool) -> dict[str, Any]:
                                        "native_fp32_top1": result.accuracy.top1_fp32}
                 if q.saturation_prediction:
                     row["predicted_saturated_pairs"] = q.saturation_prediction["summary"]["rate"]
+                cap, _ = isa_cap.plan(backend, cpu.TARGETS["avx2"])
+                if cap is not None:
+                    session, check = isa_cap.load(cap, result.model_path, RunOptions(threads=1, precision="f32"))
+                    with session:
+                        row["capped_avx2_top1"] = top1(run_all(session, split.x_test, 1), split.y_test)
+                    row["capped_integer_kernels"] = check.integer_kernels
                 if emulated:
                     run_ = emulate(result.model_path, split.x_test, backend, batch=1)
                     row["avx2_top1"] = top1(run_.outputs[0], split.y_test)

@@ -10,6 +10,12 @@ OpenVINO runs FP32 with f32 pinned and with bf16, and the INT8 IR with its float
 remainder in f32 and in bf16 (the plugin's default on CPUs with bf16; on CPUs without, the bf16 rows are
 left out: they would run f32 again). The host's CPU and ISA are printed and stored with the results.
 
+``--target-cpu`` (default ``host``) is passed to `vmlp-deploy quantize`; for a lesser x86 target the OpenVINO
+rows run capped to the target's kernels (``vmlp_deploy.isa_cap``: ONEDNN_MAX_CPU_ISA in a child process), and
+the ONNX Runtime rows stay the host's (MLAS cannot be capped). The cap reaches oneDNN's kernels only: the
+plugin's own float kernels and its MLAS f32 FullyConnected keep the host's ISA, so the capped FP32 rows run
+faster than on the target, which makes a capped INT8/FP32 ratio an overestimate of the target's.
+
     python benchmarks/quantize_speed.py --model s2mlpv2_small --also-naive --threads 2 \
         --out benchmarks/results/quantize_s2mlpv2_small.json
 """
@@ -29,7 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from vmlp_deploy import cpu
+from vmlp_deploy import cpu, isa_cap
 from vmlp_deploy.backends import BACKENDS, RunOptions
 from vmlp_deploy.onnx_io import op_histogram
 from vmlp_deploy.quantize import QUANTIZERS
@@ -68,7 +74,7 @@ def graph_facts(path: Path) -> dict[str, Any]:
 
 
 def latency(configs: dict[str, tuple[str, Path, str | None]], shape: tuple[int, ...], threads: int,
-            iterations: int, warmup: int, blocks: int) -> dict[str, dict[str, Any]]:
+            iterations: int, warmup: int, blocks: int, caps: dict[str, isa_cap.IsaCap]) -> dict[str, dict[str, Any]]:
     """Median latency (ms) per configuration, the configurations of one runtime measured interleaved.
 
     Runtimes are measured one after the other, not interleaved with each other: ONNX Runtime's spinning
@@ -76,7 +82,7 @@ def latency(configs: dict[str, tuple[str, Path, str | None]], shape: tuple[int, 
     whichever other runtime runs next. For the same reason ONNX Runtime sessions run with spinning off: with it
     on, the interleaved FP32 and INT8 sessions slow each other down (FP32 74 ms instead of 48 ms).
     ``blocks`` splits the rounds so that the spread of the ratio between
-    blocks shows how much machine noise there was.
+    blocks shows how much machine noise there was. A backend in ``caps`` runs capped in child processes.
     """
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     out: dict[str, dict[str, Any]] = {}
@@ -85,7 +91,9 @@ def latency(configs: dict[str, tuple[str, Path, str | None]], shape: tuple[int, 
         timers, precisions = {}, {}
         for key, (backend, path, precision) in group.items():
             # spinning=False: interleaved sessions of one runtime would otherwise steal each other's cores
-            session = BACKENDS[backend].load(path, RunOptions(threads=threads, precision=precision, spinning=False))
+            options = RunOptions(threads=threads, precision=precision, spinning=False)
+            session = (isa_cap.load(caps[backend], path, options)[0] if backend in caps
+                       else BACKENDS[backend].load(path, options))
             timers[key], precisions[key] = session.timer(x), session.precision
         for timer in timers.values():
             for _ in range(warmup):
@@ -118,6 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     host = cpu.host()
     print(f"CPU: {host.model} ({host.isa.summary()}), {host.cores} usable cores", file=sys.stderr)
+    target = cpu.resolve_target(args.target_cpu)
+    caps: dict[str, isa_cap.IsaCap] = {}
+    if not cpu.host_stands_for(target, integer_only=True):
+        for backend in BACKENDS:
+            cap, why = isa_cap.plan(backend, target) if not BACKENDS[backend].accelerator else (None, "")
+            if cap is not None:
+                caps[backend] = cap
+                print(f"{backend} rows: {target.name}'s kernels, {cap.describe()}", file=sys.stderr)
+            elif why:
+                print(f"{backend} rows: the host's kernels ({why})", file=sys.stderr)
 
     work = Path(tempfile.mkdtemp(prefix="vmlp-qbench-"))
     runs: dict[str, Path] = {}
@@ -130,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             cli("export", "--model", args.model, "--no-rewrite", "-o", str(work / "naive"))
             runs["naive (--no-rewrite)"] = work / "naive"
     report: dict[str, Any] = {"model": args.model, "batch": 1, "threads": args.threads, "iterations": args.iterations,
-                              "warmup": args.warmup, "calibration_samples": args.samples, "graphs": {}}
+                              "warmup": args.warmup, "calibration_samples": args.samples,
+                              "target_cpu": target.to_dict(),
+                              "capped": {b: {"env": c.env, "target": c.target} for b, c in caps.items()},
+                              "graphs": {}}
     for label, run in runs.items():
         src = run / "model.onnx"
         entry: dict[str, Any] = {"graph": graph_facts(src), "quantize": {}}
@@ -151,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             "ov int8 (rest f32)": ("openvino", outs["openvino"] / "model.xml", "f32"),
             "ov int8 (rest bf16)": ("openvino", outs["openvino"] / "model.xml", "bf16"),
         }
-        if not host.isa.bf16:  # a bf16 hint runs f32 here: the same runs twice would only add noise
+        if not (host.isa.bf16 and target.isa.bf16):  # a bf16 hint runs f32 there: the same run twice
             configs = {k: v for k, v in configs.items() if "bf16" not in k}
-        lat = latency(configs, shape, args.threads, args.iterations, args.warmup, args.blocks)
+        lat = latency(configs, shape, args.threads, args.iterations, args.warmup, args.blocks, caps)
         med = {k: v["median_ms"] for k, v in lat.items()}
         entry["latency"] = lat
         pairs = {"ort int8 / fp32 (issue 9: <= 0.75)": ("ort int8", "ort fp32"),
