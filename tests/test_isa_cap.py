@@ -34,13 +34,16 @@ def test_kernels_above_a_level() -> None:
     assert not isa_cap.above("jit_avx2_1x1_I8", "AVX2") and not isa_cap.above("brgemm_avx512_I8", "AVX512_CORE_BF16")
 
 
-def test_integer_kernels_above_the_cap_are_refused_float_ones_counted() -> None:
+def test_dot_products_above_the_cap_are_refused_other_kernels_counted() -> None:
     cap = isa_cap.IsaCap("openvino", "avx2", "ONEDNN_MAX_CPU_ISA", "AVX2")
-    check = isa_cap.check_kernels(cap, {"a": "jit_avx2_1x1_I8", "b": "jit_avx512_f32", "c": "jit_gemm_I8"})
+    check = isa_cap.check_kernels(cap, {"a": ("Convolution", "jit_avx2_1x1_I8"), "b": ("Subgraph", "jit_avx512_f32"),
+                                        "c": ("FullyConnected", "jit_gemm_I8"), "d": ("Reduce", "jit_avx512_i8"),
+                                        "e": ("Convolution", "brgconv_avx2_f32")})
     assert check.integer_kernels == {"jit_avx2_1x1_I8": 1, "jit_gemm_I8": 1}
-    assert check.float_kernels_above_cap == {"jit_avx512_f32": 1}
-    with pytest.raises(UserError, match="did not cap openvino's integer kernels .*brgemm_avx512_I8"):
-        isa_cap.check_kernels(cap, {"a": "brgemm_avx512_I8"})
+    assert check.kernels_above_cap == {"jit_avx512_f32": 1, "jit_avx512_i8": 1}
+    for layer in ("FullyConnected", "GroupConvolution", "MatMul"):
+        with pytest.raises(UserError, match="did not cap openvino's integer kernels .*brgemm_avx512_I8"):
+            isa_cap.check_kernels(cap, {"a": (layer, "brgemm_avx512_I8")})
 
 
 def test_plan_only_where_a_cap_can_work() -> None:

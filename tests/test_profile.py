@@ -19,7 +19,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from vmlp_deploy import cpu
+from vmlp_deploy import cpu, isa_cap
 from vmlp_deploy.backends.base import LayerTime
 from vmlp_deploy.export import ExportOptions, export_model
 from vmlp_deploy.model import load_model
@@ -210,6 +210,37 @@ def test_bf16_on_a_cpu_without_it_is_measured_once_as_f32(cli: Cli, run_dir: Pat
     assert "cannot stand for the target" in warning and "\n" not in warning and warning in stdout.replace("\n", " ")
     md = (out / "profile.md").read_text()
     assert "`--target-cpu avx512-bf16`" in md and "cannot stand for the target" in md and summary in md
+
+
+def test_a_lesser_x86_target_runs_capped_on_openvino(cli: Cli, run_dir: Path, qdq_model: Path, tmp_path: Path) -> None:
+    """--target-cpu avx2 on a host with more: OpenVINO's configurations (probes, timings, layers) run its AVX2
+    kernels capped; ONNX Runtime's stay the host's; bf16 follows the target; everything is recorded."""
+    target = cpu.TARGETS["avx2"]
+    cap, why = isa_cap.plan("openvino", target)
+    if cpu.host_stands_for(target) or cap is None:
+        pytest.skip(f"this host ({cpu.host().isa.summary()}) runs avx2's kernels itself or cannot cap: {why}")
+    out = tmp_path / "capped"
+    code, stdout, err = cli("profile", run_dir, qdq_model, "--backend", "openvino,cpu", "--precision", "f32,bf16,int8",
+                            "-n", "3", "--warmup", "1", "--threads", "2", "--layer-runs", "1", "--peak-size", "256",
+                            "--target-cpu", "avx2", "--no-charts", "-o", out)
+    assert code == 0, err
+    doc = load_profile(out)
+    manifest = json.loads((out / "manifest.json").read_text())["stages"]["profile"]
+    assert doc["capped_backends"] == manifest["capped_backends"] == {"openvino": {"env": cap.env, "target": "avx2"}}
+    ov = [r for r in doc["records"] if r["backend"] == "openvino"]
+    assert {r["precision"] for r in ov} == {"f32", "int8"}, "bf16 follows the target, which has none"
+    assert any("bf16 requested: the target CPU has no bf16" in s for s in doc["skipped"])
+    for r in ov:
+        stand_in = r["settings"]["stand_in"]
+        assert stand_in["env"] == cap.env and r["settings"]["environment"] == cap.env
+        assert not any(isa_cap.above(k, cap.level) for k in stand_in["integer_kernels"])
+    int8 = next(r for r in ov if r["precision"] == "int8")
+    assert int8["layers"]["kernel_precisions_percent"].get("i8", 0) > 0
+    assert all("stand_in" not in r["settings"] for r in doc["records"] if r["backend"] == "cpu")
+    (warning,) = [w for w in doc["warnings"] if "--target-cpu" in w]
+    assert "openvino ran capped" in warning and "cpu timings are this host's" in warning
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in (out / "profile.md").read_text()
+    assert_peaks_are_ceilings(doc)
 
 
 @pytest.mark.parametrize(("target", "precision", "per_cycle"), [

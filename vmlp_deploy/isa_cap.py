@@ -12,10 +12,11 @@ kernel of a digits-trained S2-MLPv2 quantized u8s8 for OpenVINO is an AVX2 one (
 ``jit_avx2_1x1_I8``, ``jit_avx2_I8``), and its logits match ``qemu-x86_64 -cpu Haswell``'s to 0.013 (top-1
 identical on all 539 test images), while the uncapped run differs by up to 1.47 (saturation the host lacks).
 
-What the cap does not reach: the plugin's own JIT kernels of some float ops (reductions, RMS norm, some
-elementwise ops) and MLAS's f32 FullyConnected keep the host's ISA. So integer results are the target's, and
-float parts run faster than on the target. Every capped session is checked: an integer kernel above the cap is
-an error, float kernels above it are counted in the record.
+What the cap does not reach: the plugin's own JIT kernels (reductions, RMS norm, FakeQuantize, some elementwise
+ops, in f32 or i8) and MLAS's f32 FullyConnected keep the host's ISA. None of them multiplies u8 by s8 in
+pairs, so integer results are the target's, while float parts run faster than on the target. Every capped
+session is checked: an integer dot-product kernel (convolution, fully connected, matmul) above the cap is an
+error; the other kernels above it are counted in the record.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from .backends.isolated import IsolatedSession
 from .errors import UserError
 
 #: Kernel-name suffixes of integer kernels (OpenVINO's ``execType``: ``jit_avx2_1x1_I8``).
-INTEGER_SUFFIXES = ("_i8", "_u8", "_i32")
+INTEGER_SUFFIXES = ("_i8", "_u8")
+#: Layer-type fragments of the ops whose integer kernels multiply u8 x s8 (where int16 pairs can saturate).
+DOT_PRODUCT_LAYERS = ("Convolution", "FullyConnected", "MatMul", "Gemm")
+
+
+def dot_product(layer_type: str, kernel: str) -> bool:
+    """An integer dot-product kernel: a convolution, fully connected or matmul layer run in int8."""
+    return kernel.lower().endswith(INTEGER_SUFFIXES) and any(t in layer_type for t in DOT_PRODUCT_LAYERS)
 
 
 def onednn_isa(isa: cpu.Isa) -> str:
@@ -93,27 +101,30 @@ def plan(backend: str, target: cpu.CpuTarget) -> tuple[IsaCap | None, str]:
 
 @dataclass
 class CapCheck:
-    """What a capped session really runs: its integer kernels, and the float kernels the cap did not reach."""
+    """What a capped session really runs: its integer dot-product kernels, and the kernels the cap did not reach."""
 
     cap: IsaCap
     integer_kernels: dict[str, int] = field(default_factory=dict)
-    float_kernels_above_cap: dict[str, int] = field(default_factory=dict)
+    kernels_above_cap: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": "isa cap", "backend": self.cap.backend, "target": self.cap.target, "env": self.cap.env,
-                "integer_kernels": self.integer_kernels, "float_kernels_above_cap": self.float_kernels_above_cap,
-                "note": "integer kernels are the target's; some float kernels keep the host's ISA (isa_cap.py)"}
+                "integer_kernels": self.integer_kernels, "kernels_above_cap": self.kernels_above_cap,
+                "note": "the integer dot products ran the target's kernels; the kernels above the cap (the plugin's "
+                        "own reductions, norms, elementwise ops) do no u8 x s8 pair arithmetic (isa_cap.py)"}
 
 
-def check_kernels(cap: IsaCap, kernels: dict[str, str]) -> CapCheck:
-    """Refuse a session whose integer kernels exceed the cap (the variable did not take); count the rest."""
-    integer = Counter(k for k in kernels.values() if k.lower().endswith(INTEGER_SUFFIXES))
-    bad = sorted({k for k in integer if above(k, cap.level)})
+def check_kernels(cap: IsaCap, kernels: dict[str, tuple[str, str]]) -> CapCheck:
+    """Refuse a session whose integer dot products exceed the cap (the variable did not take); count the rest.
+
+    ``kernels``: layer -> (layer type, kernel name), as ``OvSession.kernels`` reports them."""
+    dots = Counter(k for layer_type, k in kernels.values() if dot_product(layer_type, k))
+    bad = sorted({k for k in dots if above(k, cap.level)})
     if bad:
         raise UserError(f"{cap.variable}={cap.level} did not cap {cap.backend}'s integer kernels (it ran "
                         f"{', '.join(bad)}): its runtime ignores the variable; measure on a {cap.target} machine")
-    floats = Counter(k for k in kernels.values() if not k.lower().endswith(INTEGER_SUFFIXES) and above(k, cap.level))
-    return CapCheck(cap, dict(sorted(integer.items())), dict(sorted(floats.items())))
+    rest = Counter(k for layer_type, k in kernels.values() if not dot_product(layer_type, k) and above(k, cap.level))
+    return CapCheck(cap, dict(sorted(dots.items())), dict(sorted(rest.items())))
 
 
 def load(cap: IsaCap, model: Path, options: RunOptions) -> tuple[IsolatedSession, CapCheck]:

@@ -218,9 +218,15 @@ class ProfileStage(StageRecord):
     host_cpu: dict[str, Any] | None = None
     target_cpu: dict[str, Any] | None = None
     host_stands_for_target: bool | None = None
+    #: Backends that ran the target's kernels on this host, capped (``isa_cap``): their environment.
+    capped_backends: dict[str, Any] | None = None
     ceiling_isa: str | None = None
     clock: dict[str, Any] | None = None
     ceilings: list[dict[str, Any]] | None = None
+
+    def nullable(self) -> frozenset[str]:
+        """Every key, null for what did not apply, except ``capped_backends``: written only by runs that capped."""
+        return super().nullable() - {"capped_backends"}
 
 
 STAGES: dict[str, type[StageRecord]] = {s.NAME: s for s in (ExportStage, OptimizeStage, QuantizeStage, ProfileStage)}

@@ -106,6 +106,11 @@ class Session(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+#: Loads a model for measuring: a backend's own ``load``, or one that runs the target CPU's kernels in a child
+#: process (``isa_cap``).
+Loader = Callable[[Path, RunOptions], Session]
+
+
 class Backend(Protocol):
     name: str
     extra: str

@@ -124,7 +124,7 @@ class IsolatedSession:
     def layer_times(self, x: np.ndarray, runs: int) -> list[LayerTime]:
         return self._call("layer_times", x, runs)
 
-    def kernels(self) -> dict[str, str]:
+    def kernels(self) -> dict[str, tuple[str, str]]:
         return self._call("kernels")
 
     def describe(self) -> dict[str, Any]:

@@ -146,14 +146,15 @@ class OvSession:
         return [LayerTime(name=n, op_type=op, exec_type=ex, time_ms=ms / runs, precision=kernel_precision(ex))
                 for n, (op, ex, ms) in totals.items()]
 
-    def kernels(self) -> dict[str, str]:
-        """Compiled layer -> the kernel the plugin chose for it (``jit_avx2_1x1_I8``): which ISA really runs."""
+    def kernels(self) -> dict[str, tuple[str, str]]:
+        """Compiled layer -> (its type, the kernel the plugin chose: ``Convolution``, ``jit_avx2_1x1_I8``):
+        which ISA really runs."""
         kernels = {}
         for op in self.compiled.get_runtime_model().get_ops():
             info = op.get_rt_info()
             kind = info["primitiveType"].value if "primitiveType" in info else ""
             if kind and not kind.startswith("unknown"):
-                kernels[op.get_friendly_name()] = kind
+                kernels[op.get_friendly_name()] = (info["layerType"].value, kind)
         return kernels
 
     def describe(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..backends import BACKENDS, RunOptions
+from ..backends import BACKENDS, Loader, RunOptions
 from ..backends.base import PRECISION_ALIASES
 from ..errors import UserError
 
@@ -129,15 +129,16 @@ def probe(kind: str, size: int, int8: bool) -> tuple[onnx.ModelProto, tuple[int,
 
 
 def measure_probe(kind: str, backend: str, precision: str, options: RunOptions, size: int = DEFAULT_SIZE,
-                  warmup: int = 2, runs: int = 5) -> Peak:
-    """Best-of-``runs`` rate of probe ``kind`` in GOPS after ``warmup`` runs."""
+                  warmup: int = 2, runs: int = 5, load: Loader | None = None) -> Peak:
+    """Best-of-``runs`` rate of probe ``kind`` in GOPS after ``warmup`` runs (loaded by ``load``, default the
+    backend's own: a capped loader runs the target CPU's kernels)."""
     if size < 16:
         raise UserError(f"the probe size must be at least 16, got {size}")
     model, shape, ops, described = probe(kind, size, precision == "int8")
     with tempfile.TemporaryDirectory(prefix="vmlp-probe-") as tmp:
         path = Path(tmp) / f"{kind}.onnx"
         onnx.save(model, str(path))
-        session = BACKENDS[backend].load(path, RunOptions(
+        session = (load or BACKENDS[backend].load)(path, RunOptions(
             threads=options.threads, precision=precision, device=options.device, spinning=options.spinning,
             opt_level=options.opt_level, extra=options.extra))
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)

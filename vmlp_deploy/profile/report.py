@@ -81,9 +81,19 @@ def _cpu_lines(doc: dict[str, Any]) -> list[str]:
     mhz = "clock unknown" if clock["mhz"] is None else f"{clock['mhz']:.0f} MHz"
     return [f"Host CPU: {h['model']}, {h['summary']}, {h['cores']} usable cores, {mhz} ({clock['source']}).  ",
             f"Target CPU (`--target-cpu {t['name']}`): {t['description']} ({t['summary']}). "
-            + ("The host runs the target's kernels." if doc["host_stands_for_target"] else
-               "**The timings are the host's and cannot stand for the target**; ceilings are the host's ISA's."),
+            + ("The host runs the target's kernels." if doc["host_stands_for_target"] else _stand_in_line(doc)),
             ""]
+
+
+def _stand_in_line(doc: dict[str, Any]) -> str:
+    """Which backends ran the target's kernels capped, and which ran the host's."""
+    capped = doc.get("capped_backends") or {}
+    if not capped:
+        return "**The timings are the host's and cannot stand for the target**; ceilings are the host's ISA's."
+    runs = "; ".join(f"{name} ran the target's kernels with `{' '.join(f'{k}={v}' for k, v in c['env'].items())}`"
+                     for name, c in capped.items())
+    return (f"{runs} (kernels outside oneDNN keep the host's ISA, so its float parts run faster than on the "
+            "target); other CPU backends' timings are the host's. Ceilings are the host's ISA's.")
 
 
 def markdown(doc: dict[str, Any]) -> str:

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import cpu
-from ..backends import BACKENDS, RunOptions
+from .. import cpu, isa_cap
+from ..backends import BACKENDS, RunOptions, Session
 from ..backends.base import PRECISION_ALIASES, canonical_precision, precision_label
 from ..errors import BackendUnavailableError, UserError
 from ..progress import Progress, Quiet
@@ -105,6 +105,8 @@ class Config:
     mode: str
     shape: tuple[int, ...]
     options: RunOptions
+    #: Runs the target CPU's kernels on this host (``isa_cap``), where the host's own are not the target's.
+    cap: isa_cap.IsaCap | None = None
 
     @property
     def label(self) -> str:
@@ -155,7 +157,9 @@ def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[lis
     """Every runnable combination, plus one reason per combination skipped or run as another precision.
 
     bf16 on a CPU without bf16 arithmetic runs f32 (OpenVINO falls back silently), so it is planned as the
-    f32 run it is: one record, not two of the same kernels under different labels."""
+    f32 run it is: one record, not two of the same kernels under different labels. Where the host does not stand
+    for ``--target-cpu`` and a backend can be capped to the target's kernels, its configurations run capped,
+    and the target's ISA decides about bf16."""
     explicit = "all" not in opt.backends
     names = list(dict.fromkeys(opt.backends if explicit else BACKEND_NAMES))
     skipped: list[str] = []
@@ -173,7 +177,7 @@ def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[lis
         raise UserError(f"--device {opt.device} selects the OpenVINO device: add --backend {pickers} or drop --device")
     precisions = list(dict.fromkeys(canonical_precision(p) or "f32" for p in opt.precisions))
     threads = opt.threads or cpu.host().cores
-    isa = cpu.host().isa
+    caps = _caps(usable, cpu.resolve_target(opt.target_cpu), opt.device)
     configs: list[Config] = []
     seen: set[str] = set()
     for model in models:
@@ -191,9 +195,11 @@ def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[lis
                 if why:
                     skipped.append(f"{model.label} on {name} at {precision}: {why}")
                     continue
+                isa, which = (cpu.TARGETS[caps[name].target].isa, "the target CPU") if name in caps else \
+                    (cpu.host().isa, "this CPU")
                 if precision == "bf16" and not isa.bf16 and _device(name, opt.device).upper() == "CPU":
                     precision = "f32"
-                    skipped.append(f"{model.label} on {name}: bf16 requested: this CPU has no bf16 "
+                    skipped.append(f"{model.label} on {name}: bf16 requested: {which} has no bf16 "
                                    f"({isa.summary()}), runs f32; measured once as "
                                    f"{precision_label(precision, model.quantized)}")
                 for batch in batches:
@@ -203,13 +209,49 @@ def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[lis
                             threads=threads, precision=precision, device=_device(name, opt.device),
                             spinning=opt.spinning, opt_level=opt.opt_level, streams=streams,
                             input_shape=shapes[batch])
-                        config = Config(model, name, precision, batch, mode, shapes[batch], options)
+                        config = Config(model, name, precision, batch, mode, shapes[batch], options, caps.get(name))
                         if config.key not in seen:
                             seen.add(config.key)
                             configs.append(config)
     if not configs:
         raise UserError("nothing to profile: " + "; ".join(skipped or ["no configuration was asked for"]))
     return configs, skipped
+
+
+def _caps(backends: Sequence[str], target: cpu.CpuTarget, device: str) -> dict[str, isa_cap.IsaCap]:
+    """The backends that run ``target``'s kernels here only when capped (none where the host stands for it)."""
+    if cpu.host_stands_for(target):
+        return {}
+    caps = {}
+    for name in backends:
+        if not BACKENDS[name].accelerator and _device(name, device).upper() == "CPU":
+            cap, _ = isa_cap.plan(name, target)
+            if cap is not None:
+                caps[name] = cap
+    return caps
+
+
+def _load(c: Config, options: RunOptions) -> tuple[Session, dict[str, Any] | None]:
+    """A configuration's session, capped to the target's kernels where planned; and what those kernels were."""
+    if c.cap is None:
+        return BACKENDS[c.backend].load(c.model.path, options), None
+    session, check = isa_cap.load(c.cap, c.model.path, options)
+    return session, check.to_dict()
+
+
+def _target_warning(configs: Sequence[Config], target: cpu.CpuTarget, host: cpu.HostCpu) -> str:
+    """What stands for ``target`` in this run: capped backends run its integer kernels, the others the host's."""
+    capped = {c.backend: c.cap for c in configs if c.cap is not None}
+    own = sorted({c.backend for c in configs if c.cap is None and _on_cpu(c)})
+    parts = [f"--target-cpu {target.name} ({target.isa.summary()}):"]
+    for name, cap in capped.items():
+        parts.append(f"{name} ran capped to its kernels ({cap.variable}={cap.level}; kernels outside oneDNN keep the "
+                     "host's ISA, so float parts run faster than on the target);")
+    if own:
+        parts.append(f"{', '.join(own)} timings are this host's ({host.isa.summary()}) and cannot stand for the "
+                     "target;")
+    parts.append("the ceilings are computed for the host's ISA")
+    return " ".join(parts)
 
 
 def _unsupported(model: ModelInput, backend: str, precision: str) -> str | None:
@@ -294,9 +336,7 @@ def profile_models(
     env = host_environment()
     host, target = cpu.host(), cpu.resolve_target(options.target_cpu)
     stands = cpu.host_stands_for(target)
-    warnings: list[str] = [] if stands else [
-        f"--target-cpu {target.name} ({target.isa.summary()}): timings are this host's ({host.isa.summary()}) "
-        "and cannot stand for the target; the ceilings are computed for the host's ISA, which ran them"]
+    warnings: list[str] = [] if stands else [_target_warning(configs, target, host)]
     peaks = _probe_peaks(configs, options, progress) if options.peak else {}
     feeds = _feeds(configs, options.seed)
     samples, described, load_s = _measure_interleaved(configs, feeds, options, progress, on_measure)
@@ -312,7 +352,9 @@ def profile_models(
         warnings.append(f"no theoretical ceiling: {clock.source} (no % of ceiling)")
     warnings += [w for r in records for w in r.warnings]
 
+    capped = {c.backend: {"env": c.cap.env, "target": c.cap.target} for c in configs if c.cap is not None}
     cpu_info = {"host_cpu": host.to_dict(), "target_cpu": target.to_dict(), "host_stands_for_target": stands,
+                "capped_backends": capped or None,
                 "ceiling_isa": f"host: {host.isa.summary()}", "clock": {"mhz": clock.mhz, "source": clock.source},
                 "ceilings": run_ceilings}
     result = ProfileResult(out, records, [p.to_dict() for ps in peaks.values() for p in ps], cpu_info, env,
@@ -342,7 +384,8 @@ def _probe_peaks(configs: Sequence[Config], options: ProfileOptions,
         peaks[pk] = []
         for kind in KINDS:
             with progress.step(f"Probe: {kind} on {c.backend} ({pk[1]}, {c.options.threads} threads)"):
-                peaks[pk].append(measure_probe(kind, c.backend, pk[1], c.options, options.peak_size))
+                load = (lambda path, opts, cap=c.cap: isa_cap.load(cap, path, opts)[0]) if c.cap else None
+                peaks[pk].append(measure_probe(kind, c.backend, pk[1], c.options, options.peak_size, load=load))
             progress.note(f"{peaks[pk][-1].gops:.1f} GOPS ({peaks[pk][-1].shape}, ran {peaks[pk][-1].precision_used})")
     return peaks
 
@@ -360,14 +403,15 @@ def _measure_interleaved(configs: Sequence[Config], feeds: dict[tuple[int, ...],
                          progress: Progress, on_measure: Callable[[float], None] | None,
                          ) -> tuple[list[Samples], list[dict[str, Any]], list[float]]:
     """Load every configuration, then time them interleaved: (samples, session descriptions, load seconds)."""
-    sessions, probes, load_s = [], [], []
+    sessions, probes, load_s, stand_ins = [], [], [], []
     with progress.step(f"Loading {len(configs)} configuration(s)"):
         for c in configs:
             x = feeds[c.shape]
             start = time.perf_counter()
-            session = BACKENDS[c.backend].load(c.model.path, c.options)
+            session, stand_in = _load(c, c.options)
             load_s.append(time.perf_counter() - start)
             sessions.append(session)
+            stand_ins.append(stand_in)
             if c.mode == "latency":
                 probes.append(Probe(c.key, c.batch, c.mode, timer=session.timer(x)))
             else:
@@ -377,7 +421,9 @@ def _measure_interleaved(configs: Sequence[Config], feeds: dict[tuple[int, ...],
     what = f"{plan.iterations} iterations" if plan.iterations is not None else f"{plan.duration_s:g} s"
     with progress.step(f"Measuring {len(configs)} configuration(s) interleaved, {what} each"):
         samples = measure(probes, plan, on_measure)
-    return samples, [s.describe() for s in sessions], load_s
+    described = [{**s.describe(), **({"stand_in": stand_in} if stand_in else {})}
+                 for s, stand_in in zip(sessions, stand_ins, strict=True)]
+    return samples, described, load_s
 
 
 def _layer_key(c: Config) -> str:
@@ -393,7 +439,7 @@ def _layer_breakdowns(configs: Sequence[Config], feeds: dict[tuple[int, ...], np
         if lk in breakdowns:
             continue
         with progress.step(f"Per-layer profile: {c.model.label} on {c.backend} ({c.label}, batch {c.batch})"):
-            session = BACKENDS[c.backend].load(c.model.path, replace(c.options, profiling=True, streams=1))
+            session, _ = _load(c, replace(c.options, profiling=True, streams=1))
             x = feeds[c.shape]
             for _ in range(2):
                 session.run(x)

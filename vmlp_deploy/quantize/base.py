@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from ..backends import RunOptions, Session
+from ..backends import Loader
 from ..cpu import CpuTarget
 from ..errors import BackendUnavailableError
 from ..progress import Progress
@@ -28,9 +28,6 @@ if TYPE_CHECKING:
 
 #: Both layer probes (FP32, INT8) and the (node, op type, tensor) of each layer they expose.
 LayerProbes = tuple[Callable, Callable, list[tuple[str, str, str]]]
-#: Loads a quantized model for measuring: on the check runtime in this process, or in a child process that
-#: runs the target CPU's kernels (``isa_cap``).
-Loader = Callable[[Path, RunOptions], Session]
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..backends import RunOptions, Session
+from ..backends import Loader, RunOptions, Session
 from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..backends.openvino import OpenVinoBackend
-from .base import Loader
 from .data import BatchReader
 
 WORST_LAYERS = 10

@@ -32,14 +32,14 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..backends import RunOptions
+from ..backends import Loader, RunOptions
 from ..backends.base import cache_root
 from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..errors import UserError
 from ..progress import Progress
 from ..rundir import MANIFEST, sha256_file
 from ..targets import CHANNELS_FIRST, DEFAULT_TARGET, channels_first
-from .base import Loader, Quantizer
+from .base import Quantizer
 from .options import AS_GIVEN, AUTO
 from .source import SourceModel
 

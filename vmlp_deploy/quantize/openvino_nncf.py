@@ -29,12 +29,13 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 
+from ..backends import Loader
 from ..backends.openvino import OpenVinoBackend
 from ..cpu import CpuTarget
 from ..errors import UserError
 from ..progress import Progress
 from ..targets import CHANNELS_FIRST
-from .base import LayerProbes, LayoutRule, Loader
+from .base import LayerProbes, LayoutRule
 from .data import BatchReader
 from .fidelity import ov_layer_probes
 from .options import QuantizeOptions

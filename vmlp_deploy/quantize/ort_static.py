@@ -25,12 +25,13 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 
+from ..backends import Loader
 from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..cpu import CpuTarget
 from ..errors import UserError
 from ..progress import Progress
 from ._bar import bar
-from .base import LayerProbes, LayoutRule, Loader
+from .base import LayerProbes, LayoutRule
 from .data import BatchReader
 from .fidelity import ort_layer_probes
 from .options import AS_GIVEN, METHODS, QuantizeOptions

@@ -98,7 +98,7 @@ def _target_section(q: QuantizeStage) -> list[str]:
         env = " ".join(f"{k}={v}" for k, v in q.stand_in["env"].items())
         kernels = ", ".join(f"`{k}`" for k in q.stand_in["integer_kernels"])
         measured_on = (f" — on the target's integer kernels: {q.stand_in['backend']} run with `{env}` "
-                       f"({kernels}); some float kernels keep the host's ISA")
+                       f"({kernels}); the plugin's kernels outside oneDNN keep the host's ISA")
     elif q.host_stands_for_target:
         measured_on = ""
     else:

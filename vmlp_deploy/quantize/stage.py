@@ -23,14 +23,14 @@ import numpy as np
 import onnx
 
 from .. import cpu, isa_cap
-from ..backends import BACKENDS, RunOptions, Session
+from ..backends import BACKENDS, Loader, RunOptions, Session
 from ..errors import FidelityGateError, UserError
 from ..preprocess import Recipe
 from ..progress import Progress, Quiet, TimedSteps
 from ..records import Artifacts, QuantizeStage, RunManifest, environment
 from ..rundir import check_output_dir, peak_rss_mb, sha256_file, staged_dir, write_manifest
 from ._bar import bar
-from .base import Loader, Quantizer, require_modules
+from .base import Quantizer, require_modules
 from .data import DataStats, ImageFolder, SampleSet, load_directory, load_embedded
 from .fidelity import WORST_LAYERS, FidelityReport, LogitsReport, compare_logits, layer_sqnr, run_all
 from .layout import LayoutChoice, QuickQuantize, choose_layout
