@@ -61,3 +61,35 @@ def test_interrupt_keeps_previous_run(stage: str, signum: signal.Signals, source
     assert "Traceback" not in err and "interrupted" in err
     assert _digest(previous) == before
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_sigint_with_capped_children_is_clean(source: Path, tmp_path: Path) -> None:
+    """SIGINT while children serve capped sessions (``isa_cap``; they run in sessions of their own, so a
+    terminal's Ctrl-C reaches only the CLI): it exits 130 with one line, and no child outlives it."""
+    from vmlp_deploy import cpu, isa_cap
+
+    cap, why = isa_cap.plan("openvino", cpu.TARGETS["avx2"])
+    if cap is None or cpu.host_stands_for(cpu.TARGETS["avx2"], integer_only=True):
+        pytest.skip(f"no capped OpenVINO session on this host ({cpu.host().isa.summary()}): {why or 'it is AVX2'}")
+    argv = ["quantize", str(source), "--backend", "openvino", "--num-samples", "8", "--holdout", "2",
+            "--target-cpu", "avx2", "-o", str(tmp_path / "run")]
+    proc = subprocess.Popen(["vmlp-deploy", *argv], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    children: list[int] = []
+    while not children:
+        listed = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(proc.pid)], capture_output=True, text=True)
+        children = [int(line.split()[0]) for line in listed.stdout.splitlines() if "backends.isolated" in line]
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no capped session was started"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, out[-2000:], err[-2000:])
+    assert "Traceback" not in err and "interrupted" in err
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+              for pid in children):
+        assert time.monotonic() < deadline, "a capped session's child outlived the CLI"
+        time.sleep(0.05)
+    assert not (tmp_path / "run").exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]

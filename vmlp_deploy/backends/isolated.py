@@ -34,7 +34,10 @@ def _serve(conn: Connection) -> None:
     """The child (its environment set at its start): load the model it is sent, then answer calls until closed."""
     from . import BACKENDS
 
-    backend, model, options = conn.recv()
+    try:
+        backend, model, options = conn.recv()
+    except (EOFError, OSError):  # the parent went away before it sent the model
+        return
     try:
         session = BACKENDS[backend].load(Path(model), options)
     except Exception as e:  # sent to the parent, which raises it there with this message
@@ -47,7 +50,7 @@ def _serve(conn: Connection) -> None:
     while True:
         try:
             call, args = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             return
         if call == "close":
             return
@@ -65,9 +68,13 @@ def _serve(conn: Connection) -> None:
             else:
                 result = getattr(session, call)(*args)
         except Exception as e:
-            conn.send(("error", type(e).__name__, str(e), isinstance(e, UserError)))
-            continue
-        conn.send(("ok", result))
+            result = ("error", type(e).__name__, str(e), isinstance(e, UserError))
+        else:
+            result = ("ok", result)
+        try:
+            conn.send(result)
+        except OSError:  # the parent is gone
+            return
 
 
 class IsolatedSession:
@@ -76,10 +83,13 @@ class IsolatedSession:
 
     def __init__(self, backend: str, model: Path, options: RunOptions, env: dict[str, str]) -> None:
         # A fresh interpreter (not multiprocessing's spawn, which re-imports the caller's __main__) with the
-        # environment in place before it starts; calls travel over a socket pair as pickled messages.
+        # environment in place before it starts; calls travel over a socket pair as pickled messages. Its own
+        # session keeps a Ctrl-C meant for this process from killing it mid-import: this process handles the
+        # interrupt and closes it, and it exits by itself when the socket closes.
         ours, theirs = socket.socketpair()
         self._process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],
-                                         pass_fds=(theirs.fileno(),), env={**os.environ, **env})
+                                         pass_fds=(theirs.fileno(),), env={**os.environ, **env},
+                                         start_new_session=True)
         theirs.close()
         self._conn = Connection(ours.detach())
         self.env = dict(env)
