@@ -14,6 +14,11 @@ zero-padded Conv + mask), timed in the same rounds. The backends are measured on
 interleaved), not mixed: a runtime that ran just before leaves caches and thread pools in a state that
 inflates the next one's times unevenly.
 
+``--target-cpu avx2`` (or another lesser x86 target) runs OpenVINO on the target's oneDNN kernels: this
+process sets ``ONEDNN_MAX_CPU_ISA`` before its first compile (``vmlp_deploy.isa_cap``; the plugin's own kernels
+and MLAS keep the host's ISA), and OpenVINO's default precision becomes the target's (f32 without bf16). ONNX
+Runtime's rows stay the host's: MLAS cannot be capped.
+
     python benchmarks/rewrite_speed.py --model s2mlpv2_small --iterations 60 --out benchmarks/results/rewrite_s2mlpv2_small.json
 """
 
@@ -34,6 +39,7 @@ import onnx
 import onnxruntime as ort
 import openvino as ov
 
+from vmlp_deploy import cpu, isa_cap
 from vmlp_deploy.export import ExportOptions, export_model
 from vmlp_deploy.model import load_model
 from vmlp_deploy.onnx_io import op_histogram
@@ -55,7 +61,7 @@ def ort_runner(path: Path, threads: int) -> Callable[[np.ndarray], object]:
 
 
 def ov_runner(path: Path, threads: int, precision: str | None) -> tuple[Callable[[np.ndarray], object], str]:
-    """OpenVINO latency configuration; ``precision=None`` keeps the CPU plugin's default (bf16 on this CPU)."""
+    """OpenVINO latency configuration; ``precision=None`` keeps the CPU plugin's default (bf16 on CPUs with it)."""
     core = ov.Core()
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
     if precision:
@@ -70,8 +76,9 @@ BACKENDS = ("ort_fp32", "ov_default", "ov_f32")
 
 
 def time_backends(paths: dict[str, Path], x: np.ndarray, *, threads: int, warmup: int, iterations: int,
-                  visit: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+                  visit: int, ov_default: str | None) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Per-inference ms for every ``backend/graph``: one backend at a time, its graphs visited in turn.
+    ``ov_default``: the precision of the ``ov_default`` rows (None: the plugin's own choice).
 
     Returns the times and the OpenVINO precisions read back from the compiled models.
     """
@@ -83,7 +90,7 @@ def time_backends(paths: dict[str, Path], x: np.ndarray, *, threads: int, warmup
             if backend == "ort_fp32":
                 runners[f"{backend}/{variant}"] = ort_runner(path, threads)
             else:
-                fn, used = ov_runner(path, threads, None if backend == "ov_default" else "f32")
+                fn, used = ov_runner(path, threads, ov_default if backend == "ov_default" else "f32")
                 runners[f"{backend}/{variant}"] = fn
                 precisions[f"{backend}/{variant}"] = used
         for fn in runners.values():
@@ -111,8 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--ablation", action="store_true", help="also time pass variants (see module doc)")
+    parser.add_argument("--target-cpu", default="host", help="run OpenVINO capped to this CPU's kernels (module doc)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    target = cpu.resolve_target(args.target_cpu)
+    cap = None
+    if not cpu.host_stands_for(target):
+        cap, why = isa_cap.plan("openvino", target)
+        if cap is None:
+            raise SystemExit(f"cannot run OpenVINO on {target.name}'s kernels here: {why}")
+        os.environ.update(cap.env)  # before the first compile: oneDNN reads it once
+        print(f"OpenVINO capped: {cap.variable}={cap.level} set in this process; ONNX Runtime runs the host's "
+              "kernels", file=sys.stderr)
 
     lm = load_model(args.model, tiny=args.tiny)
     scratch = tempfile.TemporaryDirectory(prefix="vmlp-bench-")  # removed at exit: ~200 MB per full-size model
@@ -142,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
     x = np.random.default_rng(0).standard_normal((1, 3, *lm.input_size), dtype=np.float32)
     times, precisions = time_backends(paths, x, threads=args.threads, warmup=args.warmup,
-                                      iterations=args.iterations, visit=args.visit)
+                                      iterations=args.iterations, visit=args.visit,
+                                      ov_default=None if target.isa.bf16 or cap is None else "f32")
 
     medians = {k: statistics.median(v) for k, v in times.items()}
     rows = []
@@ -170,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         "node_ratio": round(graphs["rewritten"]["nodes"] / graphs["naive"]["nodes"], 3),
         "node_ratio_openvino": round(graphs["openvino"]["nodes"] / graphs["naive"]["nodes"], 3),
         "latency": rows,
+        "cpu": cpu.host().to_dict(),
+        "target_cpu": target.to_dict(),
+        "openvino_capped": cap.env if cap else None,
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "environment": {**environment(), "openvino": ov.__version__},
     }
