@@ -71,3 +71,26 @@ def test_int8_for_avx2_keeps_accuracy_on_emulated_avx2_kernels(config: str, back
     top1 = float((emulated.outputs[0].argmax(1) == split.y_test).mean())
     assert result.accuracy is not None
     assert abs(100 * (top1 - result.accuracy.top1_fp32)) <= 0.5, f"{config}/{backend} on AVX2: {top1:.2%}"
+    if result.manifest["stages"]["quantize"].get("stand_in"):  # quantize measured on capped AVX2 kernels itself
+        assert result.accuracy.top1_int8 == pytest.approx(top1, abs=1 / len(split.y_test) + 1e-9)
+
+
+@pytest.mark.parametrize("config", list(dg.CONFIGS))
+def test_openvino_for_avx2_is_gated_on_avx2_kernels(config: str, split: dg.DigitsSplit,
+                                                    trained: dict[str, tuple[Path, float]], tmp_path: Path) -> None:
+    """--backend openvino --target-cpu avx2 measures its eval top-1, and gates on it, with AVX2 integer kernels:
+    the host's own on an AVX2 CPU, oneDNN capped to AVX2 on a CPU with more (``isa_cap``)."""
+    from vmlp_deploy import cpu, isa_cap
+
+    run, _ = trained[config]
+    result = quantize_run(run, QuantizeOptions(backend="openvino", output=tmp_path / "q",
+                                               calibration_data=split.train_dir, eval_data=split.test_dir,
+                                               target_cpu="avx2"))
+    q = result.manifest["stages"]["quantize"]
+    own = cpu.host_stands_for(cpu.TARGETS["avx2"], integer_only=True)
+    capped = isa_cap.plan("openvino", cpu.TARGETS["avx2"])[0] is not None
+    assert q["host_stands_for_target"] == (own or capped)
+    assert (q.get("stand_in") is not None) == (capped and not own)
+    a = result.accuracy
+    assert a is not None and abs(a.delta_points) <= 0.5, f"{config} on AVX2 kernels: {a.top1_int8:.2%}"
+    assert result.gate is not None and result.gate.passed and result.gate.checked.startswith("eval top-1")

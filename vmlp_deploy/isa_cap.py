@@ -122,7 +122,7 @@ def check_kernels(cap: IsaCap, kernels: dict[str, tuple[str, str]]) -> CapCheck:
     bad = sorted({k for k in dots if above(k, cap.level)})
     if bad:
         raise UserError(f"{cap.variable}={cap.level} did not cap {cap.backend}'s integer kernels (it ran "
-                        f"{', '.join(bad)}): its runtime ignores the variable; measure on a {cap.target} machine")
+                        f"{', '.join(bad)}): its runtime ignores the variable: measure on a {cap.target} CPU itself")
     rest = Counter(k for layer_type, k in kernels.values() if not dot_product(layer_type, k) and above(k, cap.level))
     return CapCheck(cap, dict(sorted(dots.items())), dict(sorted(rest.items())))
 
