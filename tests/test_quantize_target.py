@@ -201,6 +201,7 @@ def test_layout_rule_measurement_and_names(s2_run: Path, tmp_path: Path) -> None
     lay = json.loads((tmp_path / "m" / "manifest.json").read_text())["stages"]["quantize"]["layout"]
     assert lay["how"] == "measured" and set(lay["int8_median_ms"]) == {"as-given", "openvino"}
     assert measured.fidelity.logits.cosine_mean > 0.9
+    assert "child_peak_rss_mb" not in measured.manifest["stages"]["quantize"], "no child, no child memory"
     foreign = _foreign(capped=False)
     assert foreign is not None, "no x86 host can cap OpenVINO to an Arm target"
     ruled = quantize_run(s2_run, QuantizeOptions(backend="openvino", output=tmp_path / "r", num_samples=16, holdout=4,
@@ -234,6 +235,7 @@ def test_capped_target_is_measured_on_its_own_integer_kernels(s2_run: Path, tmp_
     assert not any("does not run the integer kernels" in w for w in q["warnings"])
     assert q["layout"]["how"] == "measured" and f"ONEDNN_MAX_CPU_ISA={level}" in q["layout"]["reason"]
     assert f"ONEDNN_MAX_CPU_ISA={level}" in (tmp_path / "cap" / "quantize.md").read_text()
+    assert q["child_peak_rss_mb"] > 50 and "(capped child)" in result.memory, "the child's memory is counted"
     assert result.fidelity.logits.cosine_mean > 0.9
 
 

@@ -197,12 +197,14 @@ class QuantizeStage(StageRecord):
     gate: dict[str, Any] | None = None
     layout: dict[str, Any] | None = None
     saturation_prediction: dict[str, Any] | None = None
-    #: How the host ran the target's integer kernels when its own are not the target's (``isa_cap``).
+    #: How the host ran the target's integer kernels when its own are not the target's (``isa_cap``), and the
+    #: peak memory of the largest child process that did.
     stand_in: dict[str, Any] | None = None
+    child_peak_rss_mb: float | None = None
 
     def nullable(self) -> frozenset[str]:
-        """Every key, null for what did not apply, except ``stand_in``: written only by runs that had one."""
-        return super().nullable() - {"stand_in"}
+        """Every key, null for what did not apply, except those of a stand-in: written only by runs that had one."""
+        return super().nullable() - {"stand_in", "child_peak_rss_mb"}
 
 
 @dataclass

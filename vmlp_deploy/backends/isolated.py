@@ -13,6 +13,9 @@ import os
 import socket
 import subprocess
 import sys
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,39 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..rundir import process_peak_rss_mb
 from .base import Concurrent, LayerTime, RunOptions, Timer
 
 #: Seconds to wait for the child to load the model (OpenVINO compiles it there).
 LOAD_TIMEOUT_S = 600.0
+
+
+class ChildMemory:
+    """The peak resident memory of the children serving the sessions opened while it is active (``child_memory``):
+    a stage's memory figure must count the processes it started, and only those."""
+
+    def __init__(self) -> None:
+        self.ended: list[float] = []
+        self.open: weakref.WeakSet[IsolatedSession] = weakref.WeakSet()
+
+    def peak_mb(self) -> float | None:
+        """The largest peak of those children, ended or still serving (None: no child was started)."""
+        peaks = self.ended + [p for s in list(self.open) if (p := process_peak_rss_mb(s.pid)) is not None]
+        return max(peaks) if peaks else None
+
+
+_trackers: list[ChildMemory] = []
+
+
+@contextmanager
+def child_memory() -> Iterator[ChildMemory]:
+    """Track the children of the sessions opened inside the ``with`` block."""
+    tracker = ChildMemory()
+    _trackers.append(tracker)
+    try:
+        yield tracker
+    finally:
+        _trackers.remove(tracker)
 
 
 class IsolatedSessionError(UserError):
@@ -91,6 +123,10 @@ class IsolatedSession:
                                          pass_fds=(theirs.fileno(),), env={**os.environ, **env},
                                          start_new_session=True)
         theirs.close()
+        self.pid = self._process.pid
+        self._trackers = list(_trackers)
+        for tracker in self._trackers:
+            tracker.open.add(self)
         self._conn = Connection(ours.detach())
         self.env = dict(env)
         self._conn.send((backend, str(model), options))
@@ -141,6 +177,11 @@ class IsolatedSession:
         return {**self._call("describe"), "environment": self.env}
 
     def close(self) -> None:
+        peak = process_peak_rss_mb(self.pid) if self._process.poll() is None else None
+        for tracker in self._trackers:
+            if self in tracker.open:
+                tracker.open.discard(self)
+                tracker.ended += [peak] if peak is not None else []
         if self._process.poll() is None:
             try:
                 self._conn.send(("close", ()))

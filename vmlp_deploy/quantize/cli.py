@@ -191,7 +191,7 @@ def print_result(console: Console, result: QuantizeResult) -> None:
         verdict = "passed" if result.gate.passed else "FAILED (--no-gate)"
         table.add_row("fidelity gate", f"{verdict}: {result.gate.checked}" if result.gate.bound is not None
                       else "not gated (random weights)")
-    table.add_row("time / peak memory", f"{result.timings['total']:.1f} s / {result.peak_rss_mb:.0f} MB")
+    table.add_row("time / peak memory", f"{result.timings['total']:.1f} s / {result.memory}")
     console.print(table)
     for line in result.warnings:
         console.print(Text.assemble(("warning: ", "yellow"), line), soft_wrap=True)

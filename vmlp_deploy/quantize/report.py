@@ -84,7 +84,9 @@ def render(r: QuantizeResult) -> str:
         lines += _table(["check", "value"], [[k, v] for k, v in r.graph_check.items()])
     lines += ["## Time and memory", ""]
     lines += _table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in r.timings.items()])
-    lines += [f"Peak resident memory of the process: {r.peak_rss_mb:.0f} MB.", ""]
+    lines += [f"Peak resident memory of the process: {r.peak_rss_mb:.0f} MB"
+              + (f"; of the largest child that served a capped session: {r.child_peak_rss_mb:.0f} MB"
+                 if r.child_peak_rss_mb else "") + ".", ""]
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ import onnx
 
 from .. import cpu, isa_cap
 from ..backends import BACKENDS, Loader, RunOptions, Session
+from ..backends.isolated import ChildMemory, child_memory
 from ..errors import FidelityGateError, UserError
 from ..preprocess import Recipe
 from ..progress import Progress, Quiet, TimedSteps
@@ -142,6 +143,14 @@ class QuantizeResult:
     target: cpu.CpuTarget | None = None
     scheme: SchemeChoice | None = None
     gate: GateResult | None = None
+    #: The largest peak of a child process that served a capped session (``isa_cap``), besides this process's.
+    child_peak_rss_mb: float | None = None
+
+    @property
+    def memory(self) -> str:
+        """``1733 MB``, or ``1733 MB + 412 MB (capped child)`` when a child process held a model too."""
+        extra = f" + {self.child_peak_rss_mb:.0f} MB (capped child)" if self.child_peak_rss_mb else ""
+        return f"{self.peak_rss_mb:.0f} MB{extra}"
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -311,7 +320,8 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
     with steps.timed("load_data"):
         data = _load_data(run.source, opt, run.recipe, run.progress)
     run.warnings += _data_warnings(opt, data.stats)
-    with tempfile.TemporaryDirectory(prefix="vmlp-quantize-") as work_name, staged_dir(run.out, opt.overwrite) as tmp:
+    with (tempfile.TemporaryDirectory(prefix="vmlp-quantize-") as work_name,
+          staged_dir(run.out, opt.overwrite) as tmp, child_memory() as children):
         work = Path(work_name)
         layout = _choose_layout(run, data.calibration, work)
         quantizer = run.kind.create(layout.source, opt, run.choice.scheme, work, run.source.onnx_path)
@@ -338,7 +348,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
         gate = _apply_gate(run, fidelity.logits, accuracy, len(keep))
         steps.seconds["total"] = round(time.perf_counter() - start, 3)
         result = _write(run, tmp, quantizer, layout, model_path, data.stats, keep, sensitivity, fidelity, accuracy,
-                        graph_check, saturation, gate, steps.seconds, stand_in)
+                        graph_check, saturation, gate, steps.seconds, stand_in, children)
     return result
 
 
@@ -490,10 +500,11 @@ def _apply_gate(run: _Run, logits: LogitsReport, accuracy: AccuracyReport | None
 def _write(run: _Run, tmp: Path, quantizer: Quantizer, layout: LayoutChoice, model_path: Path, stats: DataStats,
            keep: list[str], sensitivity: SearchResult | None, fidelity: FidelityReport,
            accuracy: AccuracyReport | None, graph_check: dict[str, Any] | None, saturation: dict[str, Any] | None,
-           gate: GateResult, timings: dict[str, float], stand_in: isa_cap.CapCheck | None) -> QuantizeResult:
+           gate: GateResult, timings: dict[str, float], stand_in: isa_cap.CapCheck | None,
+           children: ChildMemory) -> QuantizeResult:
     """``manifest.json`` and ``quantize.md`` beside the model in the staged output directory."""
     opt, source = run.opt, run.source
-    peak = peak_rss_mb()
+    peak, child_peak = peak_rss_mb(), children.peak_mb()
     settings = {**opt.to_dict(), **quantizer.settings()}
     manifest = _manifest(source, run.recipe, model_path)
     manifest.add_stage(QuantizeStage(
@@ -514,6 +525,7 @@ def _write(run: _Run, tmp: Path, quantizer: Quantizer, layout: LayoutChoice, mod
         tensorrt_graph_check=graph_check,
         timings_s=timings,
         peak_rss_mb=peak,
+        child_peak_rss_mb=child_peak,
         warnings=run.warnings,
         **_target_record(run.target, run.choice, run.measures_target, gate),
         stand_in=stand_in.to_dict() if stand_in else None,
@@ -523,7 +535,7 @@ def _write(run: _Run, tmp: Path, quantizer: Quantizer, layout: LayoutChoice, mod
     write_manifest(tmp, manifest)
     result = QuantizeResult(run.out, run.out / model_path.name, opt.backend, source.onnx_path, manifest, settings,
                             stats, fidelity, accuracy, keep, sensitivity, graph_check, timings, peak, run.warnings,
-                            run.target, run.choice, gate)
+                            run.target, run.choice, gate, child_peak)
     write_report(tmp / "quantize.md", result)
     return result
 
