@@ -67,7 +67,7 @@ def digits_table(work: Path, epochs: int, emulated: bool) -> dict[str, Any]:
                                        "native_fp32_top1": result.accuracy.top1_fp32}
                 if q.saturation_prediction:
                     row["predicted_saturated_pairs"] = q.saturation_prediction["summary"]["rate"]
-                cap, _ = isa_cap.plan(backend, cpu.TARGETS["avx2"])
+                cap = isa_cap.caps_for([backend], cpu.TARGETS["avx2"], integer_only=True).get(backend)
                 if cap is not None:
                     session, check = isa_cap.load(cap, result.model_path, RunOptions(threads=1, precision="f32"))
                     with session:

@@ -92,8 +92,7 @@ def latency(configs: dict[str, tuple[str, Path, str | None]], shape: tuple[int, 
         for key, (backend, path, precision) in group.items():
             # spinning=False: interleaved sessions of one runtime would otherwise steal each other's cores
             options = RunOptions(threads=threads, precision=precision, spinning=False)
-            session = (isa_cap.load(caps[backend], path, options)[0] if backend in caps
-                       else BACKENDS[backend].load(path, options))
+            session = (isa_cap.loader(caps[backend]) if backend in caps else BACKENDS[backend].load)(path, options)
             timers[key], precisions[key] = session.timer(x), session.precision
         for timer in timers.values():
             for _ in range(warmup):
@@ -127,15 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     host = cpu.host()
     print(f"CPU: {host.model} ({host.isa.summary()}), {host.cores} usable cores", file=sys.stderr)
     target = cpu.resolve_target(args.target_cpu)
-    caps: dict[str, isa_cap.IsaCap] = {}
-    if not cpu.host_stands_for(target, integer_only=True):
-        for backend in BACKENDS:
-            cap, why = isa_cap.plan(backend, target) if not BACKENDS[backend].accelerator else (None, "")
-            if cap is not None:
-                caps[backend] = cap
-                print(f"{backend} rows: {target.name}'s kernels, {cap.describe()}", file=sys.stderr)
-            elif why:
-                print(f"{backend} rows: the host's kernels ({why})", file=sys.stderr)
+    caps = isa_cap.caps_for(BACKENDS, target)
+    for backend, cap in caps.items():
+        print(f"{backend} rows: {target.name}'s kernels, {cap.describe()}", file=sys.stderr)
 
     work = Path(tempfile.mkdtemp(prefix="vmlp-qbench-"))
     runs: dict[str, Path] = {}

@@ -63,6 +63,14 @@ def test_interrupt_keeps_previous_run(stage: str, signum: signal.Signals, source
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a reaped process has no /proc entry)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def test_sigint_with_capped_children_is_clean(source: Path, tmp_path: Path) -> None:
     """SIGINT while children serve capped sessions (``isa_cap``; they run in sessions of their own, so a
     terminal's Ctrl-C reaches only the CLI): it exits 130 with one line, and no child outlives it."""
@@ -88,8 +96,7 @@ def test_sigint_with_capped_children_is_clean(source: Path, tmp_path: Path) -> N
     assert proc.returncode == 130, (proc.returncode, out[-2000:], err[-2000:])
     assert "Traceback" not in err and "interrupted" in err
     deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
-              for pid in children):
+    while any(_running(pid) for pid in children):
         assert time.monotonic() < deadline, "a capped session's child outlived the CLI"
         time.sleep(0.05)
     assert not (tmp_path / "run").exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]

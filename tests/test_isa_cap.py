@@ -5,6 +5,8 @@ Expectations come from the detected CPU, never a constant."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,9 @@ def test_dot_products_above_the_cap_are_refused_other_kernels_counted() -> None:
     for layer in ("FullyConnected", "GroupConvolution", "MatMul"):
         with pytest.raises(UserError, match="did not cap openvino's integer kernels .*brgemm_avx512_I8"):
             isa_cap.check_kernels(cap, {"a": (layer, "brgemm_avx512_I8")})
+    with pytest.raises(UserError, match="had not chosen the kernels .*undef_I8"):
+        isa_cap.check_kernels(cap, {"a": ("FullyConnected", "undef_I8")})
+    assert check.to_dict()["integer_kernels_naming_no_isa"] == ["jit_gemm_I8"]
 
 
 def test_plan_only_where_a_cap_can_work() -> None:
@@ -80,15 +85,19 @@ def test_capped_openvino_saturates_as_an_avx2_cpu_does(tmp_path: Path) -> None:
     exact, sat, clipped, _ = saturating_matmul(_codes(x), w)
     assert clipped > 0
     options = RunOptions(threads=1, precision="f32")
-    session, check = isa_cap.load(cap, tmp_path / "mm.onnx", options)
+    session, check = isa_cap.load(cap, tmp_path / "mm.onnx", options)  # a dynamic batch: kernels read after a run
     with session:
         capped = session.run(x)[0]
         assert session.describe()["environment"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
-    assert check.integer_kernels and not any(isa_cap.above(k, "AVX2") for k in check.integer_kernels)
+    assert list(check.integer_kernels) and not any(k.lower().startswith("undef") for k in check.integer_kernels)
     np.testing.assert_allclose(capped, sat * (scale / 255), rtol=1e-4, atol=1e-3)
-    native = BACKENDS["openvino"].load(tmp_path / "mm.onnx", options).run(x)[0]
+    native = BACKENDS["openvino"].load(tmp_path / "mm.onnx", options)
+    out = native.run(x)[0]
     expected = sat if cpu.host().isa.u8s8_saturates else exact
-    np.testing.assert_allclose(native, expected * (scale / 255), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(out, expected * (scale / 255), rtol=1e-4, atol=1e-3)
+    own = [k for layer, k in native.kernels().values() if isa_cap.dot_product(layer, k)]
+    if any(isa_cap.above(k, "AVX2") for k in own):  # the host ran its wider kernels: the cap changed them
+        assert set(own) != set(check.integer_kernels)
 
 
 def test_isolated_session_times_in_the_child_and_reports_errors(tmp_path: Path) -> None:
@@ -102,6 +111,13 @@ def test_isolated_session_times_in_the_child_and_reports_errors(tmp_path: Path) 
     with pytest.raises(IsolatedSessionError, match="per-layer times need"):
         session.layer_times(x, 1)
     assert session.run(x)[0].shape == (len(x), N), "an error inside the child leaves the session usable"
+    other = session.timer(x[:1])
+    assert 0 < timer() < 1 and 0 < other() < 1, "each bound timer keeps its own input"
     session.close()
+    session.close()
+    dead = IsolatedSession("openvino", tmp_path / "mm.onnx", RunOptions(threads=1, precision="f32"), {})
+    os.kill(dead.pid, signal.SIGKILL)
+    with pytest.raises(IsolatedSessionError, match="child process serving the session ended"):
+        dead.run(x)
     with pytest.raises(UserError, match="OpenVINO cannot read missing.xml"):
         IsolatedSession("openvino", tmp_path / "missing.xml", RunOptions(), {})

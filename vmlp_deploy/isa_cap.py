@@ -22,12 +22,15 @@ error; the other kernels above it are counted in the record.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import cpu
-from .backends import BACKENDS, RunOptions
+from .backends import BACKENDS, Loader, RunOptions
 from .backends.isolated import IsolatedSession
 from .errors import UserError
 
@@ -99,9 +102,16 @@ def plan(backend: str, target: cpu.CpuTarget) -> tuple[IsaCap | None, str]:
     return IsaCap(backend, target.name, variable, onednn_isa(target.isa)), ""
 
 
+def names_isa(kernel: str) -> bool:
+    """Whether a kernel name says which ISA it runs (``jit_avx2_1x1_I8`` does; ``jit_gemm_I8``, ``ref_I8`` and
+    ``jit_uni_I8`` choose or need none in the name: those are checked by their results, ``tests/test_isa_cap.py``)."""
+    return any(isa in kernel.lower() for isa in ("sse41", "avx", "amx"))
+
+
 @dataclass
 class CapCheck:
-    """What a capped session really runs: its integer dot-product kernels, and the kernels the cap did not reach."""
+    """What a capped session really runs: its integer dot-product kernels (and which of them name no ISA), and
+    the other kernels the cap did not reach."""
 
     cap: IsaCap
     integer_kernels: dict[str, int] = field(default_factory=dict)
@@ -109,16 +119,23 @@ class CapCheck:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": "isa cap", "backend": self.cap.backend, "target": self.cap.target, "env": self.cap.env,
-                "integer_kernels": self.integer_kernels, "kernels_above_cap": self.kernels_above_cap,
-                "note": "the integer dot products ran the target's kernels; the kernels above the cap (the plugin's "
-                        "own reductions, norms, elementwise ops) do no u8 x s8 pair arithmetic (isa_cap.py)"}
+                "integer_kernels": self.integer_kernels,
+                "integer_kernels_naming_no_isa": sorted(k for k in self.integer_kernels if not names_isa(k)),
+                "kernels_above_cap": self.kernels_above_cap,
+                "note": "no integer dot product named an ISA above the cap; the kernels above it (the plugin's own "
+                        "reductions, norms, elementwise ops) do no u8 x s8 pair arithmetic (isa_cap.py)"}
 
 
 def check_kernels(cap: IsaCap, kernels: dict[str, tuple[str, str]]) -> CapCheck:
-    """Refuse a session whose integer dot products exceed the cap (the variable did not take); count the rest.
+    """Refuse a session whose integer dot products exceed the cap (the variable did not take) or are not chosen
+    yet (``undef``: read before an inference); count the rest.
 
     ``kernels``: layer -> (layer type, kernel name), as ``OvSession.kernels`` reports them."""
     dots = Counter(k for layer_type, k in kernels.values() if dot_product(layer_type, k))
+    unknown = sorted(k for k in dots if k.lower().startswith("undef"))
+    if unknown:
+        raise UserError(f"{cap.backend} had not chosen the kernels of its integer layers ({', '.join(unknown)}): "
+                        "cannot tell whether the cap took; run an inference before reading them")
     bad = sorted({k for k in dots if above(k, cap.level)})
     if bad:
         raise UserError(f"{cap.variable}={cap.level} did not cap {cap.backend}'s integer kernels (it ran "
@@ -128,11 +145,36 @@ def check_kernels(cap: IsaCap, kernels: dict[str, tuple[str, str]]) -> CapCheck:
 
 
 def load(cap: IsaCap, model: Path, options: RunOptions) -> tuple[IsolatedSession, CapCheck]:
-    """``model`` loaded by ``cap.backend`` in a capped child process, its kernels checked."""
+    """``model`` loaded by ``cap.backend`` in a capped child process, its kernels checked. A dynamic shape picks
+    its kernels only at the first inference, so then one is run first (``?`` dimensions fed as 1); a static one
+    keeps its first inference for the caller (``profile`` reports it)."""
     session = IsolatedSession(cap.backend, model, options, cap.env)
     try:
-        check = check_kernels(cap, session.kernels())
-    except Exception:
+        kernels = session.kernels()
+        if any(k.lower().startswith("undef") for _, k in kernels.values()):
+            session.run(np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in session.input_shape], np.float32))
+            kernels = session.kernels()
+        check = check_kernels(cap, kernels)
+    except BaseException:
         session.close()
         raise
     return session, check
+
+
+def loader(cap: IsaCap) -> Loader:
+    """A ``Loader`` of capped sessions (their kernels checked, the check not kept)."""
+    return lambda model, options: load(cap, model, options)[0]
+
+
+def caps_for(backends: Iterable[str], target: cpu.CpuTarget, *, integer_only: bool = False) -> dict[str, IsaCap]:
+    """The backends that must run capped to stand for ``target`` here and can: none where the host's own kernels
+    are the target's (``integer_only``: for accuracy, where only the integer path matters), nor on accelerators."""
+    if cpu.host_stands_for(target, integer_only=integer_only):
+        return {}
+    caps = {}
+    for name in backends:
+        if not BACKENDS[name].accelerator:
+            cap, _ = plan(name, target)
+            if cap is not None:
+                caps[name] = cap
+    return caps

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .base import Backend, LayerTime, Loader, RunOptions, Session, canonical_precision
+from .base import Backend, LayerTime, Loader, RunOptions, Session, canonical_precision, release
 from .onnxruntime import OnnxRuntimeBackend
 from .openvino import OpenVinoBackend
 from .tensorrt import TensorRtBackend
@@ -15,4 +15,4 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     TensorRtBackend(),
 )}
 
-__all__ = ["BACKENDS", "Backend", "LayerTime", "Loader", "RunOptions", "Session", "canonical_precision"]
+__all__ = ["BACKENDS", "Backend", "LayerTime", "Loader", "RunOptions", "Session", "canonical_precision", "release"]

@@ -111,6 +111,14 @@ class Session(Protocol):
 Loader = Callable[[Path, RunOptions], Session]
 
 
+def release(session: Session) -> None:
+    """End what a session holds outside this process (the child serving an isolated session) as soon as it is
+    done with; a session loaded in this process has nothing to end and is freed by the garbage collector."""
+    close = getattr(session, "close", None)
+    if close is not None:
+        close()
+
+
 class Backend(Protocol):
     name: str
     extra: str

@@ -2,9 +2,9 @@
 
 Why: some runtimes read settings from the environment once per process, before their first use; OpenVINO's
 oneDNN reads ``ONEDNN_MAX_CPU_ISA`` (``vmlp_deploy.isa_cap``) that way. A session that must run under such a
-setting while this process keeps its own runs in a spawned child, which loads the model with the backend's
-ordinary ``load`` and answers calls over a pipe. Timing happens inside the child with the backend's own timer,
-so the pipe's round trip is never part of a measured latency.
+setting while this process keeps its own runs in a child process, which loads the model with the backend's
+ordinary ``load`` and answers calls over a socket pair. Timing happens inside the child with the backend's own
+timer, so the round trip is never part of a measured latency.
 """
 
 from __future__ import annotations
@@ -62,23 +62,40 @@ class IsolatedSessionError(UserError):
     """The child failed, or a call inside it raised; the message is the child's."""
 
 
+def _send(conn: Connection, message: tuple[Any, ...]) -> bool:
+    """Send to the parent; False when it is gone (then the child just ends)."""
+    try:
+        conn.send(message)
+    except OSError:
+        return False
+    return True
+
+
+def _error(e: Exception) -> tuple[Any, ...]:
+    return ("error", type(e).__name__, str(e), isinstance(e, UserError))
+
+
 def _serve(conn: Connection) -> None:
-    """The child (its environment set at its start): load the model it is sent, then answer calls until closed."""
+    """The child (its environment set at its start): load the model it is sent, then answer calls until closed.
+    Timers and concurrent runners are kept by the key ``bind_*`` returns, so several can be bound at once."""
     from . import BACKENDS
 
     try:
-        backend, model, options = conn.recv()
+        first = conn.recv()
     except (EOFError, OSError):  # the parent went away before it sent the model
         return
+    if not (isinstance(first, tuple) and len(first) == 3):  # closed before it sent the model
+        return
+    backend, model, options = first
     try:
         session = BACKENDS[backend].load(Path(model), options)
     except Exception as e:  # sent to the parent, which raises it there with this message
-        conn.send(("error", type(e).__name__, str(e), isinstance(e, UserError)))
+        _send(conn, _error(e))
         return
-    conn.send(("ok", {"input_name": session.input_name, "input_shape": session.input_shape,
-                      "precision": session.precision, "quantized": session.quantized}))
-    timer: Timer | None = None
-    many: Concurrent | None = None
+    if not _send(conn, ("ok", {"input_name": session.input_name, "input_shape": session.input_shape,
+                               "precision": session.precision, "quantized": session.quantized})):
+        return
+    bound: list[Any] = []
     while True:
         try:
             call, args = conn.recv()
@@ -88,24 +105,20 @@ def _serve(conn: Connection) -> None:
             return
         try:
             if call == "bind_timer":
-                timer, result = session.timer(args[0]), None
-            elif call == "time":
-                assert timer is not None, "time before bind_timer"
-                result = timer()
+                bound.append(session.timer(args[0]))
+                result: Any = len(bound) - 1
             elif call == "bind_concurrent":
-                many, result = session.concurrent(args[0]), None
-            elif call == "many":
-                assert many is not None, "many before bind_concurrent"
-                result = many(*args)
+                bound.append(session.concurrent(args[0]))
+                result = len(bound) - 1
+            elif call == "call_bound":
+                result = bound[args[0]](*args[1:])
             else:
                 result = getattr(session, call)(*args)
         except Exception as e:
-            result = ("error", type(e).__name__, str(e), isinstance(e, UserError))
+            reply = _error(e)
         else:
-            result = ("ok", result)
-        try:
-            conn.send(result)
-        except OSError:  # the parent is gone
+            reply = ("ok", result)
+        if not _send(conn, reply):
             return
 
 
@@ -114,12 +127,13 @@ class IsolatedSession:
     with ``env`` added to its environment. Close it (or use it as a context manager) to end the child."""
 
     def __init__(self, backend: str, model: Path, options: RunOptions, env: dict[str, str]) -> None:
-        # A fresh interpreter (not multiprocessing's spawn, which re-imports the caller's __main__) with the
-        # environment in place before it starts; calls travel over a socket pair as pickled messages. Its own
-        # session keeps a Ctrl-C meant for this process from killing it mid-import: this process handles the
-        # interrupt and closes it, and it exits by itself when the socket closes.
+        # A fresh interpreter (not multiprocessing's spawn, which re-imports the caller's __main__; -P: nothing
+        # from the working directory shadows the installed packages) with the environment in place before it
+        # starts; calls travel over a socket pair as pickled messages. Its own session keeps a Ctrl-C meant for
+        # this process from killing it mid-import: this process handles the interrupt and closes it, and it exits
+        # by itself when the socket closes.
         ours, theirs = socket.socketpair()
-        self._process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],
+        self._process = subprocess.Popen([sys.executable, "-P", "-m", __name__, str(theirs.fileno())],
                                          pass_fds=(theirs.fileno(),), env={**os.environ, **env},
                                          start_new_session=True)
         theirs.close()
@@ -129,43 +143,55 @@ class IsolatedSession:
             tracker.open.add(self)
         self._conn = Connection(ours.detach())
         self.env = dict(env)
-        self._conn.send((backend, str(model), options))
-        if not self._conn.poll(LOAD_TIMEOUT_S):
+        try:
+            self._conn.send((backend, str(model), options))
+            if not self._conn.poll(LOAD_TIMEOUT_S):
+                raise IsolatedSessionError(f"{backend} did not load {Path(model).name} in a child process within "
+                                           f"{LOAD_TIMEOUT_S:g} s")
+            attrs = self._answer()
+        except BaseException:
             self.close()
-            raise IsolatedSessionError(f"{backend} did not load {Path(model).name} in a child process within "
-                                       f"{LOAD_TIMEOUT_S:g} s")
-        attrs = self._answer()
+            raise
         self.input_name: str = attrs["input_name"]
         self.input_shape: list[int | str] = attrs["input_shape"]
         self.precision: str = attrs["precision"]
         self.quantized: bool = attrs["quantized"]
 
+    def _gone(self) -> IsolatedSessionError:
+        try:
+            code = self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        self.close()
+        return IsolatedSessionError(f"the child process serving the session ended (exit code {code})")
+
     def _answer(self) -> Any:
         try:
             status, *payload = self._conn.recv()
-        except EOFError:
-            code = self._process.poll()
-            self.close()
-            raise IsolatedSessionError(f"the child process serving the session ended (exit code {code})") from None
+        except (EOFError, OSError):
+            raise self._gone() from None
         if status == "error":
             name, message, user = payload
             raise IsolatedSessionError(message if user else f"{name} in the child process: {message}")
         return payload[0]
 
     def _call(self, call: str, *args: Any) -> Any:
-        self._conn.send((call, args))
+        try:
+            self._conn.send((call, args))
+        except OSError:
+            raise self._gone() from None
         return self._answer()
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         return self._call("run", x)
 
     def timer(self, x: np.ndarray) -> Timer:
-        self._call("bind_timer", x)
-        return lambda: self._call("time")
+        key = self._call("bind_timer", x)
+        return lambda: self._call("call_bound", key)
 
     def concurrent(self, x: np.ndarray) -> Concurrent:
-        self._call("bind_concurrent", x)
-        return lambda n: self._call("many", n)
+        key = self._call("bind_concurrent", x)
+        return lambda n: self._call("call_bound", key, n)
 
     def layer_times(self, x: np.ndarray, runs: int) -> list[LayerTime]:
         return self._call("layer_times", x, runs)
@@ -177,6 +203,7 @@ class IsolatedSession:
         return {**self._call("describe"), "environment": self.env}
 
     def close(self) -> None:
+        """End the child (its peak memory is kept by the trackers that saw it open); safe to call twice."""
         peak = process_peak_rss_mb(self.pid) if self._process.poll() is None else None
         for tracker in self._trackers:
             if self in tracker.open:
@@ -188,7 +215,8 @@ class IsolatedSession:
                 self._process.wait(timeout=10)
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 self._process.kill()
-                self._process.wait()
+        if self._process.returncode is None:
+            self._process.wait()
         self._conn.close()
 
     def __enter__(self) -> IsolatedSession:

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..backends import BACKENDS, Loader, RunOptions
+from ..backends import BACKENDS, Loader, RunOptions, release
 from ..backends.base import PRECISION_ALIASES
 from ..errors import UserError
 
@@ -142,11 +142,14 @@ def measure_probe(kind: str, backend: str, precision: str, options: RunOptions, 
             threads=options.threads, precision=precision, device=options.device, spinning=options.spinning,
             opt_level=options.opt_level, extra=options.extra))
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-        timer = session.timer(x)
-        for _ in range(warmup):
-            timer()
-        times = sorted(timer() for _ in range(runs))
-        info = session.describe()
+        try:
+            timer = session.timer(x)
+            for _ in range(warmup):
+                timer()
+            times = sorted(timer() for _ in range(runs))
+            info = session.describe()
+        finally:
+            release(session)
     best = times[0]
     reported = str(info.get("precision", precision))
     used = "int8" if precision == "int8" else PRECISION_ALIASES.get(reported.lower(), reported)

@@ -92,8 +92,10 @@ def _stand_in_line(doc: dict[str, Any]) -> str:
         return "**The timings are the host's and cannot stand for the target**; ceilings are the host's ISA's."
     runs = "; ".join(f"{name} ran the target's kernels with `{' '.join(f'{k}={v}' for k, v in c['env'].items())}`"
                      for name, c in capped.items())
+    own = sorted({r["backend"] for r in doc["records"] if r["backend"] not in capped and r["device"].upper() == "CPU"})
+    others = f"; {', '.join(own)} timings are the host's and cannot stand for the target" if own else ""
     return (f"{runs} (kernels outside oneDNN keep the host's ISA, so its float parts run faster than on the "
-            "target); other CPU backends' timings are the host's. Ceilings are the host's ISA's.")
+            f"target){others}. Ceilings are the host's ISA's.")
 
 
 def markdown(doc: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import cpu, isa_cap
-from ..backends import BACKENDS, RunOptions, Session
+from ..backends import BACKENDS, RunOptions, Session, release
 from ..backends.base import PRECISION_ALIASES, canonical_precision, precision_label
 from ..errors import BackendUnavailableError, UserError
 from ..progress import Progress, Quiet
@@ -177,7 +177,8 @@ def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[lis
         raise UserError(f"--device {opt.device} selects the OpenVINO device: add --backend {pickers} or drop --device")
     precisions = list(dict.fromkeys(canonical_precision(p) or "f32" for p in opt.precisions))
     threads = opt.threads or cpu.host().cores
-    caps = _caps(usable, cpu.resolve_target(opt.target_cpu), opt.device)
+    caps = isa_cap.caps_for([n for n in usable if _device(n, opt.device).upper() == "CPU"],
+                            cpu.resolve_target(opt.target_cpu))
     configs: list[Config] = []
     seen: set[str] = set()
     for model in models:
@@ -216,19 +217,6 @@ def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[lis
     if not configs:
         raise UserError("nothing to profile: " + "; ".join(skipped or ["no configuration was asked for"]))
     return configs, skipped
-
-
-def _caps(backends: Sequence[str], target: cpu.CpuTarget, device: str) -> dict[str, isa_cap.IsaCap]:
-    """The backends that run ``target``'s kernels here only when capped (none where the host stands for it)."""
-    if cpu.host_stands_for(target):
-        return {}
-    caps = {}
-    for name in backends:
-        if not BACKENDS[name].accelerator and _device(name, device).upper() == "CPU":
-            cap, _ = isa_cap.plan(name, target)
-            if cap is not None:
-                caps[name] = cap
-    return caps
 
 
 def _load(c: Config, options: RunOptions) -> tuple[Session, dict[str, Any] | None]:
@@ -384,7 +372,7 @@ def _probe_peaks(configs: Sequence[Config], options: ProfileOptions,
         peaks[pk] = []
         for kind in KINDS:
             with progress.step(f"Probe: {kind} on {c.backend} ({pk[1]}, {c.options.threads} threads)"):
-                load = (lambda path, opts, cap=c.cap: isa_cap.load(cap, path, opts)[0]) if c.cap else None
+                load = isa_cap.loader(c.cap) if c.cap else None
                 peaks[pk].append(measure_probe(kind, c.backend, pk[1], c.options, options.peak_size, load=load))
             progress.note(f"{peaks[pk][-1].gops:.1f} GOPS ({peaks[pk][-1].shape}, ran {peaks[pk][-1].precision_used})")
     return peaks
@@ -419,10 +407,14 @@ def _measure_interleaved(configs: Sequence[Config], feeds: dict[tuple[int, ...],
                                     requests=c.options.streams))
     plan = options.plan
     what = f"{plan.iterations} iterations" if plan.iterations is not None else f"{plan.duration_s:g} s"
-    with progress.step(f"Measuring {len(configs)} configuration(s) interleaved, {what} each"):
-        samples = measure(probes, plan, on_measure)
-    described = [{**s.describe(), **({"stand_in": stand_in} if stand_in else {})}
-                 for s, stand_in in zip(sessions, stand_ins, strict=True)]
+    try:
+        with progress.step(f"Measuring {len(configs)} configuration(s) interleaved, {what} each"):
+            samples = measure(probes, plan, on_measure)
+        described = [{**s.describe(), **({"stand_in": stand_in} if stand_in else {})}
+                     for s, stand_in in zip(sessions, stand_ins, strict=True)]
+    finally:
+        for session in sessions:
+            release(session)
     return samples, described, load_s
 
 
@@ -441,9 +433,12 @@ def _layer_breakdowns(configs: Sequence[Config], feeds: dict[tuple[int, ...], np
         with progress.step(f"Per-layer profile: {c.model.label} on {c.backend} ({c.label}, batch {c.batch})"):
             session, _ = _load(c, replace(c.options, profiling=True, streams=1))
             x = feeds[c.shape]
-            for _ in range(2):
-                session.run(x)
-            layers = session.layer_times(x, options.layer_runs)
+            try:
+                for _ in range(2):
+                    session.run(x)
+                layers = session.layer_times(x, options.layer_runs)
+            finally:
+                release(session)
             breakdowns[lk] = aggregate(layers, options.layer_runs, options.top).to_dict()
     return breakdowns
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..backends import Loader, RunOptions
+from ..backends import Loader, RunOptions, release
 from ..backends.base import cache_root
 from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..errors import UserError
@@ -127,15 +127,20 @@ def interleaved_medians(load: Loader, models: dict[str, Path], x: np.ndarray, th
     """Median latency (ms) per model, one inference each per round, rounds interleaved (ORT spinning off, so one
     session's spinning threads do not steal the next one's cores; float parts pinned to f32, which OpenVINO
     would otherwise trade for bf16). ``load`` is a backend's ``load`` or a capped loader (``isa_cap``)."""
-    timers = {name: load(path, RunOptions(threads=threads, precision="f32", spinning=False)).timer(x)
-              for name, path in models.items()}
-    for timer in timers.values():
-        for _ in range(3):
-            timer()
-    times: dict[str, list[float]] = {name: [] for name in timers}
-    for _ in range(rounds):
-        for name, timer in timers.items():
-            times[name].append(timer())
+    sessions = {name: load(path, RunOptions(threads=threads, precision="f32", spinning=False))
+                for name, path in models.items()}
+    try:
+        timers = {name: session.timer(x) for name, session in sessions.items()}
+        for timer in timers.values():
+            for _ in range(3):
+                timer()
+        times: dict[str, list[float]] = {name: [] for name in timers}
+        for _ in range(rounds):
+            for name, timer in timers.items():
+                times[name].append(timer())
+    finally:
+        for session in sessions.values():
+            release(session)
     return {name: round(float(np.median(t)) * 1e3, 3) for name, t in times.items()}
 
 

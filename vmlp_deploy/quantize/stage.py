@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from .. import cpu, isa_cap
-from ..backends import BACKENDS, Loader, RunOptions, Session
+from ..backends import BACKENDS, Loader, RunOptions, Session, release
 from ..backends.isolated import ChildMemory, child_memory
 from ..errors import FidelityGateError, UserError
 from ..preprocess import Recipe
@@ -238,7 +238,10 @@ def _auto_keep_float(quantizer: Quantizer, source: SourceModel, options: Quantiz
 
     def agreement(path: Path) -> float:
         int8 = load_int8(path, RunOptions(threads=options.threads, precision="f32"))
-        return float((run_all(int8, samples, source.batch).argmax(-1) == reference).mean())
+        try:
+            return float((run_all(int8, samples, source.batch).argmax(-1) == reference).mean())
+        finally:
+            release(int8)
 
     baseline = agreement(int8_path)
     if baseline >= options.min_agreement:
@@ -288,20 +291,17 @@ class _Run:
     recipe_origin: str
     folder: ImageFolder | None
     warnings: list[str]
-    #: The kernels the last capped session ran (``isa_cap.check_kernels``).
-    cap_check: isa_cap.CapCheck | None = None
+
+    def load_checked(self, path: Path, options: RunOptions) -> tuple[Session, isa_cap.CapCheck | None]:
+        """A quantized model on the kernels the target runs: the check runtime here, or capped in a child (then
+        with the kernels it ran)."""
+        if self.cap is None:
+            return BACKENDS[self.kind.check_runtime].load(path, options), None
+        return isa_cap.load(self.cap, path, options)
 
     def load_int8(self, path: Path, options: RunOptions) -> Session:
-        """A quantized model on the kernels the target runs: the check runtime here, or capped in a child."""
-        if self.cap is None:
-            return BACKENDS[self.kind.check_runtime].load(path, options)
-        session, self.cap_check = isa_cap.load(self.cap, path, options)
-        return session
-
-    @property
-    def measures_target(self) -> bool:
-        """Whether INT8 numbers come from the target's integer kernels (the host's own, or capped)."""
-        return self.host_ok or self.cap is not None
+        """``load_checked`` as a ``Loader``."""
+        return self.load_checked(path, options)[0]
 
     @property
     def random_weights(self) -> bool:
@@ -345,6 +345,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
         if run.folder is not None and run.recipe is not None:
             with steps.timed("accuracy"):
                 accuracy = _accuracy(run.folder, run.recipe, fp32, int8, run.source.batch, run.progress)
+        release(int8)
         gate = _apply_gate(run, fidelity.logits, accuracy, len(keep))
         steps.seconds["total"] = round(time.perf_counter() - start, 3)
         result = _write(run, tmp, quantizer, layout, model_path, data.stats, keep, sensitivity, fidelity, accuracy,
@@ -448,8 +449,7 @@ def _measure_fidelity(run: _Run, quantizer: Quantizer, fp32: Session, model_path
     where the INT8 model ran capped, the kernels it ran."""
     source, threads = run.source, run.opt.threads
     with run.steps.step(f"Measuring fidelity on {len(held_out)} held-out samples", "fidelity"):
-        int8 = run.load_int8(model_path, RunOptions(threads=threads, precision="f32"))
-        stand_in = run.cap_check
+        int8, stand_in = run.load_checked(model_path, RunOptions(threads=threads, precision="f32"))
         logits = compare_logits(run_all(fp32, held_out, source.batch), run_all(int8, held_out, source.batch))
         fidelity = FidelityReport(logits, quantizer.check_runtime, getattr(int8, "precision", "int8"))
         layers = quantizer.quantized_consumers(model_path)
@@ -527,7 +527,7 @@ def _write(run: _Run, tmp: Path, quantizer: Quantizer, layout: LayoutChoice, mod
         peak_rss_mb=peak,
         child_peak_rss_mb=child_peak,
         warnings=run.warnings,
-        **_target_record(run.target, run.choice, run.measures_target, gate),
+        **_target_record(run.target, run.choice, run.host_ok, gate),
         stand_in=stand_in.to_dict() if stand_in else None,
         layout=layout.to_dict(),
         saturation_prediction=saturation,
@@ -542,7 +542,7 @@ def _write(run: _Run, tmp: Path, quantizer: Quantizer, layout: LayoutChoice, mod
 
 def _target_record(target: cpu.CpuTarget, choice: SchemeChoice, host_ok: bool, gate: GateResult) -> dict[str, Any]:
     """Which CPU the model is for, which it was measured on, and the integer scheme chosen between them
-    (``host_ok``: the INT8 numbers come from the target's integer kernels, the host's own or capped)."""
+    (``host_ok``: the host's own integer kernels are the target's; a capped stand-in is recorded apart)."""
     return {"target_cpu": target.to_dict(), "host_cpu": cpu.host().to_dict(), "host_stands_for_target": host_ok,
             "integer_scheme": choice.to_dict(), "gate": gate.to_dict()}
 
