@@ -15,8 +15,9 @@ identical on all 539 test images), while the uncapped run differs by up to 1.47 
 What the cap does not reach: the plugin's own JIT kernels (reductions, RMS norm, FakeQuantize, some elementwise
 ops, in f32 or i8) and MLAS's f32 FullyConnected keep the host's ISA. None of them multiplies u8 by s8 in
 pairs, so integer results are the target's, while float parts run faster than on the target. Every capped
-session is checked: an integer dot-product kernel (convolution, fully connected, matmul) above the cap is an
-error; the other kernels above it are counted in the record.
+session is checked by its kernel names: an integer dot-product kernel (convolution, fully connected, matmul)
+above the cap is an error; names without an ISA (``jit_gemm_I8`` dispatches inside oneDNN) are listed as such and
+checked by their results in the tests; the other kernels above the cap are counted in the record.
 """
 
 from __future__ import annotations
