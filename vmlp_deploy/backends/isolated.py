@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,13 +88,15 @@ def _serve(conn: Connection) -> None:
     if not (isinstance(first, tuple) and len(first) == 3):  # closed before it sent the model
         return
     backend, model, options = first
+    start = time.perf_counter()
     try:
         session = BACKENDS[backend].load(Path(model), options)
     except Exception as e:  # sent to the parent, which raises it there with this message
         _send(conn, _error(e))
         return
     if not _send(conn, ("ok", {"input_name": session.input_name, "input_shape": session.input_shape,
-                               "precision": session.precision, "quantized": session.quantized})):
+                               "precision": session.precision, "quantized": session.quantized,
+                               "load_s": time.perf_counter() - start})):
         return
     bound: list[Any] = []
     while True:
@@ -156,6 +159,8 @@ class IsolatedSession:
         self.input_shape: list[int | str] = attrs["input_shape"]
         self.precision: str = attrs["precision"]
         self.quantized: bool = attrs["quantized"]
+        #: The backend's own load time inside the child, without starting the child's interpreter.
+        self.load_s: float = attrs["load_s"]
 
     def _gone(self) -> IsolatedSessionError:
         try:

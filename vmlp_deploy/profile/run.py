@@ -219,12 +219,15 @@ def plan_configs(models: Sequence[ModelInput], opt: ProfileOptions) -> tuple[lis
     return configs, skipped
 
 
-def _load(c: Config, options: RunOptions) -> tuple[Session, dict[str, Any] | None]:
-    """A configuration's session, capped to the target's kernels where planned; and what those kernels were."""
+def _load(c: Config, options: RunOptions) -> tuple[Session, dict[str, Any] | None, float]:
+    """A configuration's session, capped to the target's kernels where planned; what those kernels were; and the
+    seconds the backend took to load it (for a capped one, inside its child: starting Python is not loading)."""
     if c.cap is None:
-        return BACKENDS[c.backend].load(c.model.path, options), None
+        start = time.perf_counter()
+        session = BACKENDS[c.backend].load(c.model.path, options)
+        return session, None, time.perf_counter() - start
     session, check = isa_cap.load(c.cap, c.model.path, options)
-    return session, check.to_dict()
+    return session, check.to_dict(), session.load_s
 
 
 def _target_warning(configs: Sequence[Config], target: cpu.CpuTarget, host: cpu.HostCpu) -> str:
@@ -395,9 +398,8 @@ def _measure_interleaved(configs: Sequence[Config], feeds: dict[tuple[int, ...],
     with progress.step(f"Loading {len(configs)} configuration(s)"):
         for c in configs:
             x = feeds[c.shape]
-            start = time.perf_counter()
-            session, stand_in = _load(c, c.options)
-            load_s.append(time.perf_counter() - start)
+            session, stand_in, seconds = _load(c, c.options)
+            load_s.append(seconds)
             sessions.append(session)
             stand_ins.append(stand_in)
             if c.mode == "latency":
@@ -431,7 +433,7 @@ def _layer_breakdowns(configs: Sequence[Config], feeds: dict[tuple[int, ...], np
         if lk in breakdowns:
             continue
         with progress.step(f"Per-layer profile: {c.model.label} on {c.backend} ({c.label}, batch {c.batch})"):
-            session, _ = _load(c, replace(c.options, profiling=True, streams=1))
+            session, _, _ = _load(c, replace(c.options, profiling=True, streams=1))
             x = feeds[c.shape]
             try:
                 for _ in range(2):
