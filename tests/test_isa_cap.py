@@ -70,17 +70,15 @@ def test_plan_only_where_a_cap_can_work() -> None:
             assert cap is not None and cap.env == {"ONEDNN_MAX_CPU_ISA": LEVELS[target.name]}
 
 
-def _avx2_cap() -> isa_cap.IsaCap:
-    cap, why = isa_cap.plan("openvino", cpu.TARGETS["avx2"])
+@pytest.mark.parametrize("name", [n for n, t in cpu.TARGETS.items() if t.isa.x86])
+def test_capped_openvino_computes_as_the_target_cpu_does(name: str, tmp_path: Path) -> None:
+    """Capped to each x86 target this host contains, int16 pairs clip exactly where the target's ISA has no 32-bit
+    int8 dot product (avx2, avx512) and nowhere else (VNNI, AMX); this process's own run clips only where the
+    host itself saturates."""
+    target = cpu.TARGETS[name]
+    cap, why = isa_cap.plan("openvino", target)
     if cap is None:
-        pytest.skip(f"cannot cap OpenVINO to AVX2 here: {why}")
-    return cap
-
-
-def test_capped_openvino_saturates_as_an_avx2_cpu_does(tmp_path: Path) -> None:
-    """Capped to AVX2, int16 pairs clip exactly as the u8 x s8 arithmetic predicts; this process's own run
-    clips only where the host itself saturates."""
-    cap = _avx2_cap()
+        pytest.skip(f"cannot cap OpenVINO to {name} here: {why}")
     x, w, scale = _qdq_matmul(tmp_path / "mm.onnx")
     exact, sat, clipped, _ = saturating_matmul(_codes(x), w)
     assert clipped > 0
@@ -88,16 +86,16 @@ def test_capped_openvino_saturates_as_an_avx2_cpu_does(tmp_path: Path) -> None:
     session, check = isa_cap.load(cap, tmp_path / "mm.onnx", options)  # a dynamic batch: kernels read after a run
     with session:
         capped = session.run(x)[0]
-        assert session.describe()["environment"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+        assert session.describe()["environment"] == {"ONEDNN_MAX_CPU_ISA": cap.level}
     assert list(check.integer_kernels) and not any(k.lower().startswith("undef") for k in check.integer_kernels)
-    np.testing.assert_allclose(capped, sat * (scale / 255), rtol=1e-4, atol=1e-3)
+    expected = sat if target.isa.u8s8_saturates else exact
+    np.testing.assert_allclose(capped, expected * (scale / 255), rtol=1e-4, atol=1e-3)
     native = BACKENDS["openvino"].load(tmp_path / "mm.onnx", options)
-    out = native.run(x)[0]
-    expected = sat if cpu.host().isa.u8s8_saturates else exact
-    np.testing.assert_allclose(out, expected * (scale / 255), rtol=1e-4, atol=1e-3)
-    own = [k for layer, k in native.kernels().values() if isa_cap.dot_product(layer, k)]
-    if any(isa_cap.above(k, "AVX2") for k in own):  # the host ran its wider kernels: the cap changed them
-        assert set(own) != set(check.integer_kernels)
+    own = sat if cpu.host().isa.u8s8_saturates else exact
+    np.testing.assert_allclose(native.run(x)[0], own * (scale / 255), rtol=1e-4, atol=1e-3)
+    ran = [k for layer, k in native.kernels().values() if isa_cap.dot_product(layer, k)]
+    if any(isa_cap.above(k, cap.level) for k in ran):  # the host ran wider kernels: the cap changed them
+        assert set(ran) != set(check.integer_kernels)
 
 
 def test_isolated_session_times_in_the_child_and_reports_errors(tmp_path: Path) -> None:
