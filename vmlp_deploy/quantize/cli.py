@@ -103,13 +103,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     target = p.add_argument_group("deployment CPU")
     target.add_argument("--target-cpu", choices=TARGET_NAMES, default="host", metavar="CPU",
                         help="the CPU the model will run on (default host: this machine's); decides the integer "
-                             f"scheme. {targets_help()}")
+                             "scheme, and fidelity is measured on its kernels where this host can run them (its own, "
+                             f"or OpenVINO capped to a lesser x86 target). {targets_help()}")
     target.add_argument("--int8-scheme", choices=SCHEME_NAMES, default="auto",
                         help="auto (by --target-cpu: u8s8-7bit without a 32-bit int8 dot product, else u8s8), or "
                              "force u8s8 / u8s8-7bit / u8u8 (cpu only); a forced scheme that can saturate warns")
     target.add_argument("--layout", choices=LAYOUTS, default="auto",
-                        help="graph layout to quantize: auto (time the candidates on this host when it stands for "
-                             "the target, else the documented rule), as-given, or openvino (channels-first)")
+                        help="graph layout to quantize: auto (time the candidates on the target's kernels where "
+                             "this host can run them, else the documented rule), as-given, or openvino "
+                             "(channels-first)")
     gate = p.add_argument_group("fidelity gate (fails with exit code 4 and writes nothing)")
     p.add_argument("--eval-data", type=Path, metavar="DIR",
                    help="ImageFolder (one folder per class, sorted names = class index): real top-1 of FP32 and INT8")
