@@ -89,9 +89,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peak-size", type=int, default=2048, metavar="N",
                    help="probe size: an NxNxN GEMM and a 1x1 conv with 3N/8 channels on 56x56 (default 2048)")
     p.add_argument("--target-cpu", default="host", metavar="CPU",
-                   help=f"the CPU the models will be deployed on, recorded with the results; a warning says when "
-                        f"this host's timings cannot stand for it ({', '.join(TARGET_NAMES)}; default host). "
-                        f"{targets_help()}")
+                   help=f"the CPU the models will be deployed on, recorded with the results; OpenVINO runs its "
+                        f"kernels capped where it is a lesser x86 CPU than this host, and a warning says which "
+                        f"timings cannot stand for it ({', '.join(TARGET_NAMES)}; default host). {targets_help()}")
     p.add_argument("--spread-warn", type=float, default=5.0, metavar="PCT",
                    help="warn when run-to-run spread (CoV) exceeds this percentage (default 5)")
     p.add_argument("--tiny", action="store_true", help="zoo names: export the tiny configuration")
