@@ -112,6 +112,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     no_bin = f / "ir_no_bin"
     no_bin.mkdir()
     shutil.copy(ir / "model.xml", no_bin / "model.xml")
+    broken_ir = f / "ir_broken"
+    broken_ir.mkdir()
+    (broken_ir / "model.xml").write_text("not an IR\n")
+    shutil.copy(ir / "model.bin", broken_ir / "model.bin")
 
     torch.save(create_model("convnext_tiny", tiny=True).state_dict(), f / "convnext.pth")
     torch.save(create_model(MODEL, tiny=True, num_classes=10).state_dict(), f / "ten_classes.pth")
@@ -228,6 +232,10 @@ CASES = [
     Case("profile-truncated", "profile {truncated.onnx} --backend cpu -o {out}", 2, r"truncated.onnx.*ONNX"),
     Case("profile-xml-without-bin", "profile {ir_no_bin/model.xml} --backend openvino -o {out}", 2,
          r"model.bin.*copy both"),
+    Case("profile-broken-ir", "profile {ir_broken/model.xml} --backend openvino -o {out}", 2,
+         r"OpenVINO cannot read model.xml"),
+    Case("profile-broken-ir-capped", "profile {ir_broken/model.xml} --backend openvino --target-cpu avx2 -o {out}",
+         2, r"OpenVINO cannot read model.xml"),
     Case("profile-ir-on-onnxruntime", "profile {ir/model.xml} --backend cpu -o {out}", 2, r"xml.*openvino"),
     Case("profile-non-model", "profile {notes.txt} --backend cpu -o {out}", 2, r"notes.txt"),
     Case("profile-external-data-missing", "profile {external/model.onnx} --backend cpu -o {out}", 2,

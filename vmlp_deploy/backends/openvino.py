@@ -34,6 +34,15 @@ def kernel_precision(exec_type: str) -> str:
     return tail if tail in ("f32", "bf16", "f16", "i8", "u8", "i32", "i64", "u1", "i4", "u4") else ""
 
 
+def read_model(core: Any, model: Path) -> Any:
+    """``core.read_model``, its long C++ failure turned into one line naming the file."""
+    try:
+        return core.read_model(str(model))
+    except Exception as e:  # the frontends raise GeneralFailure / RuntimeError with long C++ messages
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise UserError(f"OpenVINO cannot read {model.name}: {first}") from None
+
+
 class OvSession:
     def __init__(self, model: Path, options: RunOptions) -> None:
         import openvino as ov
@@ -51,11 +60,7 @@ class OvSession:
             raise UserError(f"unknown precision {options.precision!r} for openvino: use f32, bf16 or f16")
         if options.streams < 1:
             raise UserError(f"streams must be at least 1, got {options.streams}")
-        try:
-            ov_model = core.read_model(str(model))
-        except Exception as e:  # the frontends raise GeneralFailure / RuntimeError with long C++ messages
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise UserError(f"OpenVINO cannot read {model.name}: {first}") from None
+        ov_model = read_model(core, model)
         if len(ov_model.inputs) != 1:
             raise UserError(f"{model.name} has {len(ov_model.inputs)} inputs; vmlp-deploy feeds one image tensor")
         self.quantized = any(op.get_type_name() in QUANTIZED_OPS for op in ov_model.get_ordered_ops())

@@ -195,7 +195,9 @@ def openvino_complexity(path: Path) -> tuple[int, int]:
 def _ir_shape(path: Path) -> tuple[tuple[int | str, ...], bool]:
     import openvino as ov
 
-    model = ov.Core().read_model(str(path))
+    from ..backends.openvino import read_model
+
+    model = read_model(ov.Core(), path)
     if len(model.inputs) != 1:
         raise UserError(f"{path.name} has {len(model.inputs)} inputs; vmlp-deploy feeds one image tensor")
     dims = tuple(d.get_length() if d.is_static else "?" for d in model.inputs[0].get_partial_shape())
