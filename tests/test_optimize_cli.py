@@ -83,7 +83,9 @@ def test_optimize_a_bare_onnx_without_idioms_changes_nothing(cli, tmp_path: Path
     a, b = onnx.load(str(bare)), onnx.load(str(tmp_path / "o" / "model.onnx"))
     assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
-    assert manifest["model"]["name"] == "elsewhere" and manifest["stages"]["optimize"]["changed"] is False
+    assert manifest["stages"]["optimize"]["changed"] is False
+    assert manifest["model"]["name"] == "convnext_tiny" and manifest["model"]["random_weights"] is True, "metadata"
+    assert manifest["preprocessing"]["input_size"] == [32, 32] and "export" not in manifest["stages"]
 
 
 @pytest.mark.parametrize(

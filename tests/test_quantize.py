@@ -180,10 +180,17 @@ def test_calibration_directory_formats_skips_and_recipe(s2_run: Path, cli: Cli, 
     assert "too-small" in stdout and "unreadable" in stdout
 
 
+def _from_elsewhere(model: Path, to: Path) -> None:
+    """``model`` as a file from another tool: without the ``vmlp.*`` metadata `export` writes."""
+    m = onnx.load(str(model))
+    del m.metadata_props[:]
+    onnx.save(m, str(to))
+
+
 def test_bare_onnx_needs_a_recipe_and_keeps_it(s2_run: Path, cli: Cli, tmp_path: Path) -> None:
     bare = tmp_path / "bare"
     bare.mkdir()
-    shutil.copy(s2_run / "model.onnx", bare / "model.onnx")
+    _from_elsewhere(s2_run / "model.onnx", bare / "model.onnx")
     code, _, err = cli("quantize", bare, "--backend", "cpu", *FAST)
     assert code == 2 and "--mean" in err and not (tmp_path / "bare-int8-cpu").exists()
     recipe = tmp_path / "recipe.toml"
@@ -196,6 +203,25 @@ def test_bare_onnx_needs_a_recipe_and_keeps_it(s2_run: Path, cli: Cli, tmp_path:
     assert p["mean"] == [0.5, 0.5, 0.5] and p["std"] == [0.2, 0.2, 0.2], "flags beat the file"
     assert p["resize_to"] == [64, 64] and p["center_crop"] == [56, 56] and p["interpolation"] == "bilinear"
     assert m["stages"]["quantize"]["preprocessing_source"] == f"file {recipe} + flags"
+
+
+def test_a_copied_out_export_keeps_what_its_metadata_says(s2_run: Path, cli: Cli, tmp_path: Path) -> None:
+    """The model file alone still carries its recipe and random weights (``vmlp.*`` metadata), so it is not
+    gated on agreement; the same file inside its run directory means the run directory."""
+    bare = tmp_path / "copy"
+    bare.mkdir()
+    shutil.copy(s2_run / "model.onnx", bare / "m.onnx")
+    code, stdout, _ = cli("quantize", bare / "m.onnx", "--backend", "cpu", "--gate-agreement", "1.0", *FAST)
+    assert code == 0, stdout
+    m = _manifest(bare / "m-int8-cpu")
+    assert m["model"]["name"] == "s2mlpv2_small" and m["model"]["random_weights"] is True
+    assert m["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    q = m["stages"]["quantize"]
+    assert q["preprocessing_source"] == "ONNX metadata" and q["gate"]["checked"] == "none" and "random weights" in q["gate"]["note"]
+    code, stdout, _ = cli("quantize", s2_run / "model.onnx", "--backend", "cpu", "-o", tmp_path / "in-run", *FAST)
+    assert code == 0, stdout
+    m = _manifest(tmp_path / "in-run")
+    assert m["stages"]["quantize"]["preprocessing_source"] == "manifest" and "export" in m["stages"]
 
 
 def test_npy_npz_tensors_need_no_recipe(s2_run: Path, cli: Cli, tmp_path: Path) -> None:
@@ -236,17 +262,19 @@ def test_keep_float_by_names_and_op_types(s2_run: Path, cli: Cli, tmp_path: Path
 
 
 def test_keep_float_auto_searches_within_its_budget(tmp_path: Path) -> None:
-    """Random weights and 1000 classes make top-1 fragile, so full INT8 misses the target and the search runs."""
+    """1000 near-tied classes make top-1 fragile, so full INT8 misses the target and the search runs (weights
+    marked trained: on random ones the search declines, below)."""
     torch.manual_seed(0)
     module = create_model("s2mlpv2_small", tiny=True, num_classes=1000)
     d = module.vmlp_cfg.data
     lm = LoadedModel(module, "s2mlpv2_small", module.vmlp_cfg,
-                     Recipe(d.input_size, d.mean, d.std, d.crop_pct, d.interpolation), True, None)
+                     Recipe(d.input_size, d.mean, d.std, d.crop_pct, d.interpolation), False, None)
     export_model(lm, tmp_path / "k", ExportOptions())
     result = quantize_run(tmp_path / "k", QuantizeOptions(backend="cpu", output=tmp_path / "auto", num_samples=24,
-                                                          holdout=8, keep_float=("auto",), sensitivity_rounds=3))
+                                                          holdout=8, keep_float=("auto",), sensitivity_rounds=3,
+                                                          gate=False))
     s = result.sensitivity
-    assert s is not None and s.ranking and s.history[0][1] < 0.99
+    assert s is not None and s.ranking and s.history[0][1] < 0.99 and s.layers >= len(s.ranking)
     assert len(s.history) <= 1 + 3
     assert s.kept == result.keep_float
     ranked = {r["node"] for r in s.ranking}
@@ -255,6 +283,17 @@ def test_keep_float_auto_searches_within_its_budget(tmp_path: Path) -> None:
     assert search_info["mode"] == "auto" and search_info["search"]["history"][0]["float_layers"] == 0
     if not s.met:
         assert any("did not reach" in w for w in result.warnings)
+    assert any("mostly float" in w for w in result.warnings) == (2 * len(s.kept) > s.layers)
+
+
+def test_keep_float_auto_declines_on_random_weights(s2_run: Path, cli: Cli, tmp_path: Path) -> None:
+    """Near-tied logits: agreement would keep layer after layer in float for nothing (all of them, seen)."""
+    code, stdout, _ = cli("quantize", s2_run, "--backend", "cpu", "-o", tmp_path / "r", "--keep-float", "auto",
+                          *FAST)
+    assert code == 0, stdout
+    q = _manifest(tmp_path / "r")["stages"]["quantize"]
+    assert q["keep_float"]["nodes"] == [] and q["keep_float"]["search"] is None
+    assert "random weights have near-tied logits" in " ".join(q["warnings"])
 
 
 def test_search_doubles_then_bisects() -> None:

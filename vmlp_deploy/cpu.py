@@ -280,7 +280,7 @@ def resolve_target(name: str | None) -> CpuTarget:
     """``host`` (or None) -> the detected CPU; otherwise one of :data:`TARGETS`."""
     if name is None or name == "host":
         h = host()
-        return CpuTarget("host", h.isa, f"this machine's CPU ({h.isa.summary()})", model=h.model)
+        return CpuTarget("host", h.isa, "this machine's CPU", model=h.model)
     key = name.lower().replace("_", "-")
     if key not in TARGETS:
         raise UserError(f"unknown --target-cpu {name!r}: use one of {', '.join(TARGET_NAMES)} "

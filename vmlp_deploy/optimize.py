@@ -12,12 +12,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from .errors import UserError
 from .onnx_io import load_checked, save
 from .passes import OptimizeResult, optimize_model
 from .progress import Progress, Quiet
 from .records import MANIFEST_FORMAT, Artifacts, OptimizeStage, RunManifest, environment
-from .rundir import MANIFEST, load_manifest, peak_rss_mb, staged_dir, write_manifest
+from .rundir import (MANIFEST, load_manifest, manifest_beside, metadata_model, peak_rss_mb, staged_dir,
+                     write_manifest)
 
 
 @dataclass
@@ -48,7 +51,7 @@ def resolve_onnx(source: Path) -> tuple[Path, RunManifest | None]:
         raise UserError(f"{source} does not exist: pass an .onnx file or a run directory from `vmlp-deploy export`")
     if source.suffix != ".onnx":
         raise UserError(f"{source} is not an .onnx file: pass an ONNX model or a run directory")
-    return source, None
+    return source, manifest_beside(source)
 
 
 def optimize_file(
@@ -66,15 +69,17 @@ def optimize_file(
         for line in result.summary_lines():
             progress.note(line)
         external = save(result.model, tmp / "model.onnx")
-        record = _manifest(manifest or _bare_manifest(path), path, result, external)
+        record = _manifest(manifest or _bare_manifest(path, model), path, result, external)
         write_manifest(tmp, record)
     return OptimizeRun(out_dir, out_dir / "model.onnx", result, record)
 
 
-def _bare_manifest(path: Path) -> RunManifest:
-    """The manifest an ONNX model from elsewhere starts with: its name and origin, no known preprocessing."""
-    return RunManifest.from_json({"format": MANIFEST_FORMAT, "model": {"name": path.stem, "source": str(path.resolve())},
-                                  "preprocessing": None, "stages": {}})
+def _bare_manifest(path: Path, model: onnx.ModelProto) -> RunManifest:
+    """The manifest an ONNX model without a run directory starts with: its name and origin, and what its
+    ``vmlp.*`` metadata says (model, random weights, preprocessing) when `export` wrote it."""
+    info, preprocessing = metadata_model(path, {p.key: p.value for p in model.metadata_props})
+    return RunManifest.from_json({"format": MANIFEST_FORMAT, "model": {**info, "source": str(path.resolve())},
+                                  "preprocessing": preprocessing, "stages": {}})
 
 
 def _manifest(base: RunManifest, path: Path, result: OptimizeResult, external: str | None) -> RunManifest:

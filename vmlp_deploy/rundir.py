@@ -150,6 +150,41 @@ def load_manifest(run_dir: Path) -> RunManifest:
     return manifest
 
 
+def manifest_beside(model_path: Path) -> RunManifest | None:
+    """The manifest of the run directory an .onnx file sits in, when that manifest names this file: passing
+    ``out/run/model.onnx`` then means the same as passing ``out/run``."""
+    if not (model_path.parent / MANIFEST).is_file():
+        return None
+    manifest = load_manifest(model_path.parent)
+    return manifest if manifest.artifacts and manifest.artifacts.onnx == model_path.name else None
+
+
+def metadata_model(path: Path, metadata: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The manifest's ``model`` and ``preprocessing`` for a bare .onnx file, from the ``vmlp.*`` metadata_props
+    that `export` writes into every model (so a copied-out file still says it has random weights and how to
+    preprocess); for a model from elsewhere just its name. Unreadable values are left out, never guessed."""
+    model: dict[str, Any] = {"name": metadata.get("vmlp.variant") or path.stem}
+    if "vmlp.variant" not in metadata:
+        return model, None
+
+    def parsed(key: str) -> Any:
+        try:
+            return json.loads(metadata[key])
+        except (KeyError, json.JSONDecodeError):
+            return None
+
+    fields = {"family": metadata.get("vmlp.family"), "tiny": parsed("vmlp.tiny"),
+              "input_size": parsed("vmlp.input_size"), "num_classes": parsed("vmlp.num_classes"),
+              "random_weights": parsed("vmlp.random_weights")}
+    types = {"family": str, "tiny": bool, "input_size": list, "num_classes": int, "random_weights": bool}
+    model.update({k: v for k, v in fields.items() if isinstance(v, types[k])})
+    if "family" in model and "random_weights" in model:
+        checkpoint = metadata.get("vmlp.checkpoint")
+        model["checkpoint"] = {"name": checkpoint} if checkpoint else None
+    preprocessing = parsed("vmlp.preprocessing")
+    return model, preprocessing if isinstance(preprocessing, dict) else None
+
+
 def _not_a_manifest(path: Path, problem: str) -> str:
     return (f"{path} is not a vmlp-deploy manifest ({problem}; hand-edited?): re-run the stage that wrote it, or "
             "restore the file")

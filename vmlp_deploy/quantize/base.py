@@ -63,6 +63,8 @@ class Quantizer(Protocol):
     #: Its output runs ONNX Runtime's u8 x s8 CPU kernels, whose int16 pair saturation on the target
     #: ``saturation.py`` predicts.
     predicts_saturation: ClassVar[bool]
+    #: Calibration runs inside every ``quantize`` call (NNCF), not in ``prepare``: then it is timed there.
+    calibrates_in_quantize: ClassVar[bool]
     layout_rule: ClassVar[LayoutRule]
     #: How the per-layer fidelity is measured (written to the manifest).
     layer_method: ClassVar[str]

@@ -71,31 +71,39 @@ class LayoutChoice:
                 "candidates": self.candidates, "int8_median_ms": self.int8_median_ms}
 
 
-def _rebuild_channels_first(source: SourceModel) -> tuple[Path | None, str]:
-    """The channels-first re-export of a zoo run directory, or None and why it cannot be made.
-
-    It runs as a child `vmlp-deploy export`, so the PyTorch model and the exporter's memory (3.1 GB for
-    s2mlpv2_medium) are never held by the quantizing process alongside the calibration (measured: 3.76 GB peak
-    in-process for `quantize --backend openvino` of s2mlpv2_medium)."""
-
+def _cannot_rebuild(source: SourceModel) -> str | None:
+    """Why the source has no channels-first re-export (checked before any work), or None."""
     manifest = source.manifest
     model, export = manifest.model, manifest.export
     if not source.has_manifest or export is None or model is None or model.name is None:
-        return None, "not an export run directory of a zoo model (nothing to re-export from)"
+        return "not an export run directory of a zoo model (nothing to re-export from)"
     if manifest.optimize is not None:
-        return None, "the source went through `optimize`: its graph is not the export's"
+        return "the source went through `optimize`: its graph is not the export's"
     target = export.target if export.target is not None else (export.rewrite or {}).get("target", DEFAULT_TARGET)
     if channels_first(target):
-        return None, f"the export is already laid out for --target {target}"
+        return f"the export is already laid out for --target {target}"
     if export.batch == "dynamic":
-        return None, "dynamic-batch exports are not rewritten"
+        return "dynamic-batch exports are not rewritten"
     checkpoint = model.checkpoint
     if checkpoint:
         path = Path(checkpoint["path"])
         if not path.is_file() or sha256_file(path) != checkpoint["sha256"]:
-            return None, f"its checkpoint {path} is gone or changed since the export"
+            return f"its checkpoint {path} is gone or changed since the export"
     elif not model.random_weights:
-        return None, "its weights were not loaded from a checkpoint file, so they cannot be rebuilt"
+        return "its weights were not loaded from a checkpoint file, so they cannot be rebuilt"
+    return None
+
+
+def _rebuild_channels_first(source: SourceModel) -> tuple[Path | None, str]:
+    """The channels-first re-export of a zoo run directory (``_cannot_rebuild`` said it can be made), or None
+    and why it failed.
+
+    It runs as a child `vmlp-deploy export`, so the PyTorch model and the exporter's memory (3.1 GB for
+    s2mlpv2_medium) are never held by the quantizing process alongside the calibration (measured: 3.76 GB peak
+    in-process for `quantize --backend openvino` of s2mlpv2_medium)."""
+    model, export = source.manifest.model, source.manifest.export
+    assert model is not None and export is not None
+    checkpoint = model.checkpoint
     out = cache_root() / "layout" / f"{sha256_file(source.onnx_path)[:24]}-{CHANNELS_FIRST}-v{__version__}"
     if (out / MANIFEST).is_file():
         return out / "model.onnx", f"channels-first re-export reused from the cache {out}"
@@ -163,10 +171,12 @@ def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: st
     cannot_time = "this host cannot time the target's kernels"
     if requested == AUTO and timing is None and rule.layout == AS_GIVEN:
         return LayoutChoice(AS_GIVEN, source, "rule", f"{rule.reason}; {cannot_time}")
-    with progress.step("Re-exporting channels-first (--target openvino) as a layout candidate"):
-        path, note = _rebuild_channels_first(source)
-        if path is not None and not _same_function(source.onnx_path, path, samples[:4], source.batch):
-            path, note = None, "the re-export does not reproduce the source model's outputs"
+    path, note = None, _cannot_rebuild(source)
+    if note is None:
+        with progress.step("Re-exporting channels-first (--target openvino) as a layout candidate"):
+            path, note = _rebuild_channels_first(source)
+            if path is not None and not _same_function(source.onnx_path, path, samples[:4], source.batch):
+                path, note = None, "the re-export does not reproduce the source model's outputs"
     candidates = {AS_GIVEN: str(source.onnx_path), CHANNELS_FIRST: str(path) if path else f"unavailable: {note}"}
     if path is None:
         if requested == CHANNELS_FIRST:
@@ -192,7 +202,7 @@ def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: st
     progress.note("INT8 median latency by layout: " + ", ".join(f"{k} {v:.1f} ms" for k, v in medians.items()))
     ratio = medians[CHANNELS_FIRST] / medians[AS_GIVEN]
     if ratio <= 1 - MARGIN:
-        return LayoutChoice(CHANNELS_FIRST, channels_first_source, "measured", f"channels-first INT8 is {ratio:.2f}x "
+        return LayoutChoice(CHANNELS_FIRST, channels_first_source, "measured", f"channels-first INT8 is {ratio:.3f}x "
                             f"the source graph's latency {where}", candidates, medians)
-    return LayoutChoice(AS_GIVEN, source, "measured", f"channels-first INT8 is {ratio:.2f}x the source graph's "
+    return LayoutChoice(AS_GIVEN, source, "measured", f"channels-first INT8 is {ratio:.3f}x the source graph's "
                         f"latency {where} (switching needs <= {1 - MARGIN:.2f}x)", candidates, medians)

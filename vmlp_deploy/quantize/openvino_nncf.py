@@ -68,6 +68,7 @@ class OpenVinoQuantizer:
     by_default: ClassVar[bool] = True
     #: The IR's FakeQuantize layers are not the ONNX Q/DQ graph ``saturation.py`` reads.
     predicts_saturation: ClassVar[bool] = False
+    calibrates_in_quantize: ClassVar[bool] = True
     layout_rule: ClassVar[LayoutRule] = LayoutRule(
         CHANNELS_FIRST, "OpenVINO's INT8 kernels run the channels-first graph fastest (BENCHMARKS.md)")
     layer_method: ClassVar[str] = "OpenVINO f32 pinned, outputs of quantized layers"

@@ -189,6 +189,7 @@ class OrtQuantizer:
     required_modules: ClassVar[tuple[str, ...]] = ()
     by_default: ClassVar[bool] = True
     predicts_saturation: ClassVar[bool] = True
+    calibrates_in_quantize: ClassVar[bool] = False
     layout_rule: ClassVar[LayoutRule] = LayoutRule(
         AS_GIVEN, f"{OnnxRuntimeBackend.name} runs the channels-last export fastest (BENCHMARKS.md)")
     layer_method: ClassVar[str] = ("ONNX Runtime, all graph optimisations (deployed integer kernels), outputs of "

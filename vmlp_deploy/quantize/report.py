@@ -39,7 +39,8 @@ def render(r: QuantizeResult) -> str:
         ["top-5 agreement (FP32 top-1 in INT8 top-5)", f"{f.top5_agreement:.2%}"],
         ["logits cosine, mean / worst", f"{f.cosine_mean:.5f} / {f.cosine_min:.5f}"],
         ["logits SQNR", f"{_db(f.sqnr_db)} dB"],
-        ["runtime, precision", f"{r.fidelity.runtime}, {r.fidelity.precision}"],
+        ["runtime", r.fidelity.runtime + ("" if r.fidelity.precision == "int8"
+                                          else f" (float parts pinned to {r.fidelity.precision})")],
     ])
     if r.fidelity.worst_layers:
         title = (f"### Ten worst layers by output SQNR ({r.fidelity.layers_measured} quantized layers, "
@@ -59,7 +60,7 @@ def render(r: QuantizeResult) -> str:
     if kf["nodes"]:
         lines += [f"{len(kf['nodes'])} ({kf['mode']}): " + ", ".join(f"`{n}`" for n in kf["nodes"]), ""]
     else:
-        lines += [f"none ({kf['mode']})", ""]
+        lines += ["none" + (f" ({kf['mode']})" if kf["mode"] != "none" else ""), ""]
     if r.sensitivity is not None and len(r.sensitivity.history) > 1:
         lines += _table(["layers in float", "top-1 agreement (calibration samples)"],
                         [[k, f"{a:.2%}"] for k, a in r.sensitivity.history])
@@ -83,7 +84,13 @@ def render(r: QuantizeResult) -> str:
         lines += ["## TensorRT Q/DQ graph check (passed)", ""]
         lines += _table(["check", "value"], [[k, v] for k, v in r.graph_check.items()])
     lines += ["## Time and memory", ""]
-    lines += _table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in r.timings.items()])
+    steps = {k: v for k, v in r.timings.items() if k != "total"}
+    label = {"quantize": "quantize (calibration included)"} if "calibrate" not in steps else {}
+    rows = [[label.get(k, k), f"{v:.1f}"] for k, v in steps.items()]
+    if "total" in r.timings:
+        rows += [["other (opening the model, writing)", f"{max(r.timings['total'] - sum(steps.values()), 0):.1f}"],
+                 ["total", f"{r.timings['total']:.1f}"]]
+    lines += _table(["step", "seconds"], rows)
     lines += [f"Peak resident memory of the process: {r.peak_rss_mb:.0f} MB"
               + (f"; of the largest child that served a capped session: {r.child_peak_rss_mb:.0f} MB"
                  if r.child_peak_rss_mb else "") + ".", ""]
@@ -113,8 +120,9 @@ def _target_section(q: QuantizeStage) -> list[str]:
     ]
     if lay:
         rows.append(["layout", f"`{lay['layout']}` ({lay['how']}: {lay['reason']})"])
-    rows.append(["fidelity gate", ("passed" if g["passed"] else "**failed**, written with --no-gate")
-                 + f": {g['note']}"])
+    verdict = ("not gated" if g["bound"] is None else "passed" if g["passed"]
+               else "**failed**, written with --no-gate")
+    rows.append(["fidelity gate", f"{verdict}: {g['note']}"])
     return ["## Target", ""] + _table(["", ""], rows)
 
 

@@ -148,9 +148,11 @@ class SearchResult:
     met: bool
     history: list[tuple[int, float]] = field(default_factory=list)
     ranking: list[dict[str, Any]] = field(default_factory=list)
+    #: How many quantized layers were ranked (the most the search could keep in float).
+    layers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kept_float": self.kept, "target_met": self.met,
+        return {"kept_float": self.kept, "target_met": self.met, "ranked_layers": self.layers,
                 "history": [{"float_layers": k, "top1_agreement": a} for k, a in self.history],
                 "ranking_top20": self.ranking}
 

@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..onnx_io import load_checked
 from ..preprocess import Recipe
 from ..records import MANIFEST_FORMAT, RunManifest
-from ..rundir import MANIFEST, load_manifest
+from ..rundir import MANIFEST, load_manifest, manifest_beside, metadata_model
 from .options import RecipeOverrides
 
 #: Operators that only appear in a model that is already quantized (QDQ or QOperator format).
@@ -72,22 +72,14 @@ def _find_onnx(path: Path) -> tuple[Path, Path, RunManifest | None]:
         if path.suffix != ".onnx":
             raise UserError(f"{path} is not an ONNX model: pass a run directory from `vmlp-deploy export` "
                             "or an .onnx file")
+        manifest = manifest_beside(path)
+        if manifest is not None:
+            return _checked_source_dir(path.parent, manifest)
         return path.parent, path, None
     if not path.is_dir():
         raise UserError(f"{path} does not exist: pass a run directory from `vmlp-deploy export` or an .onnx file")
     if (path / MANIFEST).is_file():
-        manifest = load_manifest(path)
-        if manifest.quantize is not None:
-            raise UserError(f"{path} is already quantized (its manifest has a quantize stage): quantize the float "
-                            "model it came from")
-        name = manifest.artifacts.onnx if manifest.artifacts else None
-        if not name:
-            raise UserError(f"{path / MANIFEST} names no ONNX model (artifacts.onnx): quantize needs a float ONNX "
-                            "model, re-run `vmlp-deploy export`")
-        model = path / name
-        if not model.is_file():
-            raise UserError(f"{path / MANIFEST} names {name}, which is missing: re-run `vmlp-deploy export`")
-        return path, model, manifest
+        return _checked_source_dir(path, load_manifest(path))
     candidates = sorted(path.glob("*.onnx"))
     if len(candidates) > 1 and (path / "model.onnx").is_file():
         candidates = [path / "model.onnx"]
@@ -100,6 +92,20 @@ def _find_onnx(path: Path) -> tuple[Path, Path, RunManifest | None]:
                         "model (the run directory of `vmlp-deploy export`)")
     raise UserError(f"{path} has no {MANIFEST} and no .onnx model: pass a run directory written by "
                     "`vmlp-deploy export` (or an .onnx file)")
+
+
+def _checked_source_dir(path: Path, manifest: RunManifest) -> tuple[Path, Path, RunManifest]:
+    if manifest.quantize is not None:
+        raise UserError(f"{path} is already quantized (its manifest has a quantize stage): quantize the float "
+                        "model it came from")
+    name = manifest.artifacts.onnx if manifest.artifacts else None
+    if not name:
+        raise UserError(f"{path / MANIFEST} names no ONNX model (artifacts.onnx): quantize needs a float ONNX "
+                        "model, re-run `vmlp-deploy export`")
+    model = path / name
+    if not model.is_file():
+        raise UserError(f"{path / MANIFEST} names {name}, which is missing: re-run `vmlp-deploy export`")
+    return path, model, manifest
 
 
 def already_quantized(model: onnx.ModelProto, manifest: RunManifest | None) -> str | None:
@@ -130,14 +136,21 @@ def open_source(path: Path) -> SourceModel:
     out_shape = _dims(model.graph.output[0])
     num_classes = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) and out_shape[-1] > 0 else None
     # Read as if from a file, so the written manifest keeps these keys first, in this order, as it always has.
-    record = manifest if manifest is not None else RunManifest.from_json({
+    record = manifest if manifest is not None else _bare_manifest(onnx_path, model)
+    return SourceModel(run_dir, onnx_path, record, manifest is not None, inputs[0].name, shape,
+                       model.graph.output[0].name, num_classes)
+
+
+def _bare_manifest(onnx_path: Path, model: onnx.ModelProto) -> RunManifest:
+    """A bare file's manifest: what its ``vmlp.*`` metadata says (random weights, preprocessing), or its name."""
+    info, preprocessing = metadata_model(onnx_path, {p.key: p.value for p in model.metadata_props})
+    return RunManifest.from_json({
         "format": MANIFEST_FORMAT,
-        "model": {"name": onnx_path.stem, "source_onnx": str(onnx_path.resolve())},
+        "model": {**info, "source_onnx": str(onnx_path.resolve())},
+        **({"preprocessing": preprocessing} if preprocessing else {}),
         "artifacts": {"onnx": onnx_path.name, "external_data": None},
         "stages": {},
     })
-    return SourceModel(run_dir, onnx_path, record, manifest is not None, inputs[0].name, shape,
-                       model.graph.output[0].name, num_classes)
 
 
 def _read_recipe_file(path: Path) -> dict[str, Any]:
@@ -206,7 +219,7 @@ def resolve_recipe(source: SourceModel, overrides: RecipeOverrides) -> tuple[Rec
     origin: list[str] = []
     if base:
         fields.update(Recipe.from_dict(base).__dict__)
-        origin.append("manifest")
+        origin.append("manifest" if source.has_manifest else "ONNX metadata")
     if overrides.recipe_file is not None:
         data = _read_recipe_file(overrides.recipe_file)
         fields.update({k: v for k, v in data.items() if k in ("input_size", "mean", "std", "crop_pct", "interpolation",

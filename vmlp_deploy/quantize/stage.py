@@ -14,6 +14,7 @@ import fnmatch
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -267,7 +268,7 @@ def _auto_keep_float(quantizer: Quantizer, source: SourceModel, options: Quantiz
         return value
 
     result = search(order, baseline, measure, options.min_agreement, options.sensitivity_rounds)
-    result.ranking = [r.to_dict() for r in ranked[:20]]
+    result.ranking, result.layers = [r.to_dict() for r in ranked[:20]], len(ranked)
     return result
 
 
@@ -323,15 +324,20 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
     with (tempfile.TemporaryDirectory(prefix="vmlp-quantize-") as work_name,
           staged_dir(run.out, opt.overwrite) as tmp, child_memory() as children):
         work = Path(work_name)
-        layout = _choose_layout(run, data.calibration, work)
+        with steps.timed("layout"):
+            layout = _choose_layout(run, data.calibration, work)
         quantizer = run.kind.create(layout.source, opt, run.choice.scheme, work, run.source.onnx_path)
-        with steps.timed("calibrate"):
+        with nullcontext() if quantizer.calibrates_in_quantize else steps.timed("calibrate"):
             quantizer.prepare(data.calibration, run.progress)
         keep = _named_keep_float(opt, quantizer.float_model)
         model_path = _quantize(run, quantizer, keep, tmp)
         fp32 = _load(quantizer, run.source.onnx_path, opt.threads)
         sensitivity = None
-        if opt.keep_float_auto:
+        if opt.keep_float_auto and run.random_weights:
+            run.warnings.append("--keep-float auto kept nothing in float: random weights have near-tied logits, so "
+                                "top-1 agreement cannot tell which layers matter; pass --checkpoint with trained "
+                                "weights, or name layers with --keep-float NAMES")
+        elif opt.keep_float_auto:
             with steps.timed("sensitivity"):
                 sensitivity, model_path = _search_keep_float(run, quantizer, data, fp32, model_path, work, tmp)
             keep = sensitivity.kept
@@ -440,6 +446,10 @@ def _search_keep_float(run: _Run, quantizer: Quantizer, data: SampleSet, fp32: S
     if not sensitivity.met:
         run.warnings.append(f"--keep-float auto did not reach {opt.min_agreement:.1%} top-1 agreement within "
                             f"{opt.sensitivity_rounds} rounds; kept the best setting seen")
+    if 2 * len(keep) > sensitivity.layers:
+        run.warnings.append(f"--keep-float auto kept {len(keep)} of {sensitivity.layers} quantized layers in float: "
+                            "the model is mostly float; calibrate on more of your own images (--calibration-data) "
+                            "or lower --min-agreement")
     return sensitivity, model_path
 
 

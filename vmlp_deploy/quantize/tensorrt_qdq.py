@@ -69,6 +69,7 @@ class TensorRtQuantizer(OrtQuantizer):
     by_default: ClassVar[bool] = False
     #: Symmetric s8 x s8 on the GPU: no u8 x s8 pair sums.
     predicts_saturation: ClassVar[bool] = False
+    calibrates_in_quantize: ClassVar[bool] = False
     layout_rule: ClassVar[LayoutRule] = LayoutRule(AS_GIVEN, "TensorRT lays out its own engine", relayouts=False)
 
     @classmethod
