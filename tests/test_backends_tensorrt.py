@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from vmlp_deploy.backends.tensorrt import (
 from vmlp_deploy.errors import UserError
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+Cli = Callable[..., tuple[int, str, str]]
 
 
 def test_cache_key_changes_with_every_field() -> None:
@@ -116,3 +118,12 @@ def test_missing_tensorrt_is_a_clear_error(tmp_path: Path) -> None:
         backend.load(model, RunOptions())
     with pytest.raises(UserError, match="builds engines from .onnx"):
         backend.load(tmp_path / "m.xml", RunOptions())
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
+def test_deploy_without_tensorrt_stops_before_any_work(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a user: the export and 70 s of calibration ran before the missing library was reported."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("deploy", "--model", "s2mlpv2", "--tiny", "--backend", "tensorrt")
+    assert code == 5 and "TensorRT is not installed" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -112,7 +112,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     weights = "random weights (no --checkpoint)" if lm.random_weights else f"weights from {lm.checkpoint}"
     steps.note(f"{lm.name}{' (tiny)' if lm.cfg.tiny else ''}, input {lm.input_size[0]}x{lm.input_size[1]}, {weights}")
     result = export_model(lm, out, options, overwrite=args.overwrite, progress=steps)
-    size = sum(p.stat().st_size for p in out.iterdir())
+    external = result.record.artifacts.external_data if result.record.artifacts else None
+    size = sum(p.stat().st_size for p in [result.onnx_path, *([out / external] if external else [])])
     nodes = result.nodes
     console.print(
         f"[bold]Exported[/bold] {result.onnx_path} ({human_size(size)}): "

@@ -16,7 +16,7 @@ from .errors import UserError
 from .export import ExportOptions, ExportResult, export_model
 from .model import load_model
 from .models import get_variant
-from .profile.run import ProfileOptions, ProfileResult, default_output_dir, profile_models
+from .profile.run import ProfileOptions, ProfileResult, default_output_dir, profile_models, require_backends
 from .progress import Progress, Quiet
 from .records import ModelInfo
 from .quantize import QUANTIZERS, QuantizeOptions, quantize_run
@@ -115,17 +115,21 @@ def deploy(opt: DeployOptions, progress: Progress | None = None) -> DeployResult
         *most, last = QUANTIZERS
         raise UserError(f"--backend names no backend: use {', '.join(most)} and/or {last}")
     opt.profile.check()
+    profile_backends = _profile_backends(opt.backends)
+    require_backends(profile_backends)
     reused: list[str] = []
     with progress.step("Stage 1/3: export"):
         export_dir = _export(opt, progress, reused)
-    int8_runs: list[RunInfo] = []
-    for backend in opt.backends:
-        with progress.step(f"Stage 2/3: INT8 for {backend}"):
-            int8_runs.append(_int8_run(export_dir, backend, opt, progress, reused))
-    int8_dirs = {r.backend: r.path for r in int8_runs}
     for line in reused:
         progress.note(line)
-    profile_backends = _profile_backends(opt.backends)
+    int8_runs: list[RunInfo] = []
+    for backend in opt.backends:
+        shown = len(reused)
+        with progress.step(f"Stage 2/3: INT8 for {backend}"):
+            int8_runs.append(_int8_run(export_dir, backend, opt, progress, reused))
+        for line in reused[shown:]:
+            progress.note(line)
+    int8_dirs = {r.backend: r.path for r in int8_runs}
     profile_opt = replace(opt.profile, backends=profile_backends, target_cpu=opt.quantize.target_cpu)
     with progress.step("Stage 3/3: profile FP32 and INT8 side by side"):
         result = profile_models([str(export_dir), *(str(d) for d in int8_dirs.values())], profile_opt,

@@ -80,20 +80,27 @@ def _info(path: Path, manifest: RunManifest) -> RunInfo:
         names = list(dict.fromkeys(str(i.get("model_name") or i.get("label")) for i in manifest.inputs or []))
         model = ", ".join(names) or model
         backend = ",".join(options.get("backends") or []) or "-"
-        precision = ",".join(options.get("precisions") or []) or "-"
+        records = _profile_records(path)
+        # The precisions measured: an INT8 model's records are int8 whatever float precisions were asked for.
+        measured = list(dict.fromkeys(r.precision for r in records))
+        precision = ",".join(measured or options.get("precisions") or []) or "-"
         target = str((p.target_cpu or {}).get("name", "-"))
-        figure = _profile_figure(path) or f"{p.records or 0} records"
+        figure = _profile_figure(records) or f"{p.records or 0} records"
     return RunInfo(path, stage, model, backend, precision, target, figure, _created(manifest, path), manifest)
 
 
-def _profile_figure(path: Path) -> str:
-    """The first few medians of a profile run: ``label backend precision 12.3 ms; ...``."""
+def _profile_records(path: Path) -> list[ProfileRecord]:
+    """A profile run's records, or none where ``profile.json`` is missing or unreadable."""
     try:
-        records = json.loads((path / "profile.json").read_text())["records"]
-        shown = [ProfileRecord.from_dict(r) for r in records[:3]]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError):
-        return ""
-    parts = [f"{r.model} {r.backend} {r.precision} {r.latency_ms['median']:.1f} ms" for r in shown if r.latency_ms]
+        return [ProfileRecord.from_dict(r) for r in json.loads((path / "profile.json").read_text())["records"]]
+    except (OSError, KeyError, TypeError, AttributeError, json.JSONDecodeError):
+        return []
+
+
+def _profile_figure(records: list[ProfileRecord]) -> str:
+    """The first few medians of a profile run: ``label backend precision 12.3 ms; ...``."""
+    parts = [f"{r.model} {r.backend} {r.precision} {r.latency_ms['median']:.1f} ms" for r in records[:3]
+             if r.latency_ms]
     return "; ".join(parts) + ("; ..." if len(records) > 3 else "")
 
 

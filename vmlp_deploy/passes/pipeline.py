@@ -119,8 +119,9 @@ class OptimizeResult:
             lines.append("  added:   " + ", ".join(f"{k} {v}" for k, v in sorted(added.items(), key=lambda kv: -kv[1])))
         cleanup = self.cleanup_counts()
         if self.patterns:
-            lines.append(f"  Transposes left: {self.ops_after.get('Transpose', 0)} "
-                         f"(before: {self.ops_before.get('Transpose', 0)}; cleanup folded/cancelled "
+            before, after = self.ops_before.get("Transpose", 0), self.ops_after.get("Transpose", 0)
+            why = "the grouped Convs are channels-first; " if after > before else ""
+            lines.append(f"  Transposes: {before} in the source -> {after} ({why}cleanup folded/cancelled "
                          f"{cleanup['transposes_folded'] + cleanup['transposes_cancelled']})")
         fired = {name: record for name, record in self.report.rules.items() if record.fired and name != "shift-to-conv"}
         plain = [f"{name} {record.fired}" for name, record in fired.items() if not record.kinds]
@@ -132,8 +133,8 @@ class OptimizeResult:
                              + ", ".join(f"{kind} {count}" for kind, count in record.kinds.items()) + ")")
         metrics = self.report.metrics
         if self.layout_changes and metrics.get("transpose_elements_before") is not None:
-            lines.append(f"  Transpose elements moved: {metrics['transpose_elements_before']} -> "
-                         f"{metrics['transpose_elements_after']}")
+            lines.append(f"  Transpose elements moved, before -> after the layout rules: "
+                         f"{metrics['transpose_elements_before']:,} -> {metrics['transpose_elements_after']:,}")
         if self.npu is not None:
             lines.append("  " + self.npu.summary())
         if self.verification is not None:

@@ -202,7 +202,7 @@ def print_result(console: Console, records: list[ProfileRecord]) -> None:
             *("-" if p is None else f"{p:.1f}" for p in (r.probe_percent, r.ceiling_percent)),
             ("[yellow]" if r.spread["warning"] else "") + f"{r.spread['value']:.1%}",
         )
-    wide = console if console.is_terminal else Console(file=console.file, width=160, highlight=False)
+    wide = console if console.is_terminal else Console(file=console.file, width=240, highlight=False)
     wide.print(table)
     shown: set[str] = set()
     for r in records:

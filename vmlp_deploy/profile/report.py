@@ -120,7 +120,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         "Latency in ms per inference (one batch). GOPS = 2 x MACs / median latency (latency mode) or x throughput "
         "(throughput mode). % probe: against the best probe kernel of the same backend and precision, measured in "
-        "this run (or a model that beat every probe); % ceiling: against the ISA's theoretical ceiling (below).",
+        "this run at its best run (a peak, where a model's rate uses its median), or a model that beat every probe; "
+        "% ceiling: against the ISA's theoretical ceiling (below).",
         "",
         "| model | backend | precision | batch | mode | median | mean ± std | p90 | p95 | p99 | min | max "
         "| first | img/s | GMACs/img | GOPS | % probe | % ceiling | CoV |",
@@ -197,20 +198,27 @@ def latency_chart(records: Sequence[dict[str, Any]], path: Path) -> None:
     modes = len({r["mode"] for r in rows})
     series = list(dict.fromkeys(series_label(r, modes) for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
-    width = 0.8 / max(len(series), 1)
+
+    def present(model: str, batch: int) -> list[str]:
+        """The series measured for ``model``: its bars are centred on its label, with no gaps for the others."""
+        return [s for s in series if any(r["model"] == model and r["batch"] == batch and series_label(r, modes) == s
+                                         for r in rows)]
+
+    width = 0.8 / max((len(present(m, b)) for m in models for b in batches), default=1)
     fig, axes = plt.subplots(len(batches), 1, figsize=(max(7.5, 3.6 + 1.6 * len(models) * max(len(series), 2) / 2),
                                                         3.6 * len(batches)), squeeze=False)
     colors = plt.get_cmap("tab10")
+    only_latency = any(r["mode"] != "latency" and r["latency_ms"] for r in records)
     for ax, batch in zip(axes[:, 0], batches, strict=True):
+        slots = {m: present(m, batch) for m in models}
         for j, name in enumerate(series):
             xs, ys, lo, hi = [], [], [], []
             for i, model in enumerate(models):
-                match = [r for r in rows if r["model"] == model and r["batch"] == batch
-                         and series_label(r, modes) == name]
-                if not match:
+                if name not in slots[model]:
                     continue
-                lat = match[0]["latency_ms"]
-                xs.append(i - 0.4 + width * (j + 0.5))
+                lat = next(r for r in rows if r["model"] == model and r["batch"] == batch
+                           and series_label(r, modes) == name)["latency_ms"]
+                xs.append(i + width * (slots[model].index(name) - (len(slots[model]) - 1) / 2))
                 ys.append(lat["median"])
                 lo.append(lat["median"] - lat["min"])
                 hi.append(lat["p90"] - lat["median"])
@@ -220,13 +228,22 @@ def latency_chart(records: Sequence[dict[str, Any]], path: Path) -> None:
             ax.bar_label(bars, labels=[f"{y:.1f}" if y >= 10 else f"{y:.2f}" for y in ys], fontsize=7, padding=2)
         ax.set_xticks(range(len(models)), models)
         ax.set_ylabel("median latency (ms)")
-        ax.set_title(f"batch {batch}: median latency, whiskers min..p90", fontsize=10)
+        ax.set_title(f"batch {batch}: median latency{' (latency mode)' if only_latency else ''}, whiskers min..p90",
+                     fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _iso_gops(rates: list[float]) -> list[float]:
+    """Round GOPS levels (1, 2, 5 x 10^k) around the measured ``rates``, at most four, for the reference rays."""
+    levels = [m * 10.0 ** k for k in range(-3, 7) for m in (1, 2, 5)]
+    inside = [g for g in levels if min(rates) / 2 <= g <= max(rates) * 2]
+    step = max(1, -(-len(inside) // 4))
+    return inside[::step]
 
 
 def macs_chart(records: Sequence[dict[str, Any]], path: Path) -> None:
@@ -254,10 +271,17 @@ def macs_chart(records: Sequence[dict[str, Any]], path: Path) -> None:
                     fontsize=8, xytext=(5, 4), textcoords="offset points")
     ax.set_xlabel("GMACs per inference (batch x MACs per image)")
     ax.set_ylabel("median latency (ms)")
-    ax.set_title("latency vs work: points on one line run at the same GOPS", fontsize=10)
+    ax.set_title("latency vs work: points on one dashed ray run at the same GOPS", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.set_xlim(0, max(r["macs_per_image"] * r["batch"] for r in rows) / 1e9 * 1.3)
-    ax.set_ylim(0, max(r["latency_ms"]["median"] for r in rows) * 1.12)
+    x_max = max(r["macs_per_image"] * r["batch"] for r in rows) / 1e9 * 1.3
+    y_max = max(r["latency_ms"]["median"] for r in rows) * 1.12
+    for gops in _iso_gops([2000 * r["macs_per_image"] * r["batch"] / 1e9 / r["latency_ms"]["median"] for r in rows]):
+        end = min(x_max, gops * y_max / 2000)  # ms = 2 x GMACs / GOPS x 1000
+        ax.plot([0, end], [0, 2000 * end / gops], ls="--", lw=0.8, color="0.6", zorder=1)
+        ax.annotate(f"{gops:g} GOPS", (end, 2000 * end / gops), fontsize=7, color="0.4", xytext=(-4, -10),
+                    textcoords="offset points", ha="right")
+    ax.set_xlim(0, x_max)
+    ax.set_ylim(0, y_max)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -320,7 +320,7 @@ def profile_models(
     check_output_dir(out, overwrite)
     if not inputs:
         raise UserError("nothing to profile: pass run directories, .onnx/.xml files or zoo model names")
-    _require_backends(options)
+    require_backends(options.backends)
     models = resolve_inputs(inputs, tiny=options.tiny, sample_shape=options.input_shape, batches=options.batches,
                             progress=progress, target=options.target)
     configs, skipped = plan_configs(models, options)
@@ -356,9 +356,9 @@ def profile_models(
     return result
 
 
-def _require_backends(options: ProfileOptions) -> None:
-    """Every named backend can load (checked before any zoo export is spent)."""
-    for name in dict.fromkeys(b for b in options.backends if b != "all"):
+def require_backends(backends: tuple[str, ...]) -> None:
+    """Every named backend can load (checked before any export or calibration is spent)."""
+    for name in dict.fromkeys(b for b in backends if b != "all"):
         reason = BACKENDS[name].unavailable_reason()
         if reason is not None:
             raise BackendUnavailableError(reason)
