@@ -132,3 +132,35 @@ def test_fixed_shapes_are_checked(onnx_path: Path) -> None:
         fixed_shape(["batch", 3, 32, 32], (3, 32, 32), "m")
     with pytest.raises(UserError, match="dimension 2"):
         BACKENDS["openvino"].load(onnx_path, RunOptions(input_shape=(1, 3, 64, 32)))
+
+
+_SIGNAL_AFTER_RELEASE = """
+import gc, os, signal, sys, time
+from pathlib import Path
+import numpy as np
+from vmlp_deploy.backends import BACKENDS, RunOptions
+for _ in range(2):
+    sessions = [BACKENDS["openvino"].load(Path(sys.argv[1]), RunOptions(precision="f32")) for _ in range(2)]
+    for s in sessions:
+        s.run(np.zeros([d if isinstance(d, int) else 1 for d in s.input_shape], np.float32))
+    del sessions, s
+    gc.collect()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(1)
+except KeyboardInterrupt:
+    sys.exit(0)
+sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux only: the plugin's signal stack is Linux's")
+def test_ctrl_c_after_openvino_models_were_released(onnx_path: Path) -> None:
+    """Found by a user: the CPU plugin leaves the thread's alternate signal stack pointing at memory it freed, so
+    SIGINT after models were loaded and released crashed (SIGSEGV, staging left behind) instead of unwinding."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_RELEASE, str(onnx_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])

@@ -84,6 +84,22 @@ def _dynamic_hw_model(path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
 
 
+def _conv_model(path: Path, *, channels: int = 3, weight_channels: int | None = None, batch: int = 1,
+                elem_type: int = TensorProto.FLOAT, op: tuple[str, str] = ("Conv", "")) -> None:
+    """A 32x32 image model ``op`` -> global pool -> flatten: the odd ones users bring (one channel, an integer or
+    fp16 input, a zero batch, a Conv whose weight disagrees with its input, an operator no runtime knows)."""
+    c = weight_channels or channels
+    weight = helper.make_tensor("w", elem_type, [4, c, 3, 3], np.ones(36 * c).tolist())
+    kind, domain = op
+    graph = helper.make_graph(
+        [helper.make_node(kind, ["x", "w"], ["c"], domain=domain), helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["y"])],
+        "odd", [helper.make_tensor_value_info("x", elem_type, [batch, channels, 32, 32])],
+        [helper.make_tensor_value_info("y", elem_type, [batch, 4])], [weight])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     root = tmp_path_factory.mktemp("bad_inputs")
@@ -103,6 +119,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
                     all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
     (ext / "model.onnx.data").unlink()
     _dynamic_hw_model(f / "dynamic_hw.onnx")
+    _conv_model(f / "gray.onnx", channels=1)
+    _conv_model(f / "fp16.onnx", elem_type=TensorProto.FLOAT16)
+    _conv_model(f / "zero_batch.onnx", batch=0)
+    _conv_model(f / "bad_shape.onnx", weight_channels=4)
+    _conv_model(f / "custom_op.onnx", op=("Foo", "com.weird"))
+    precious = f / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work\n")
 
     import openvino as ov
 
@@ -226,7 +250,19 @@ CASES = [
          r"model.onnx.data.*(missing|not found)"),
     Case("quantize-dynamic-hw", "quantize {dynamic_hw.onnx} --backend cpu --mean .5 .5 .5 --std .5 .5 .5 -o {out}",
          2, r"dynamic input size.*--input-size"),
+    Case("quantize-one-channel", "quantize {gray.onnx} --backend cpu --mean .5 .5 .5 --std .5 .5 .5 -o {out}", 2,
+         r"takes \(1, 32, 32\).*\(3, 32, 32\).*\.npy"),
+    Case("quantize-fp16-input", "quantize {fp16.onnx} --backend cpu --mean .5 .5 .5 --std .5 .5 .5 -o {out}", 2,
+         r"fp16.onnx.*float16.*float32"),
+    Case("quantize-zero-batch", "quantize {zero_batch.onnx} --backend openvino --mean .5 .5 .5 --std .5 .5 .5 "
+         "-o {out}", 2, r"zero_batch.*batch of 0"),
+    Case("quantize-inconsistent-graph", "quantize {bad_shape.onnx} --backend cpu --mean .5 .5 .5 --std .5 .5 .5 "
+         "-o {out}", 2, r"ONNX Runtime cannot run .*bad_shape.onnx"),
+    Case("quantize-unknown-op", "quantize {custom_op.onnx} --backend tensorrt --mean .5 .5 .5 --std .5 .5 .5 "
+         "-o {out}", 2, r"ONNX Runtime cannot run .*custom_op.onnx"),
     # files given to profile
+    Case("profile-zero-batch", "profile {zero_batch.onnx} --backend cpu -o {out}", 2, r"zero_batch.*batch of 0"),
+    Case("profile-inconsistent-graph", "profile {bad_shape.onnx} --backend cpu -o {out}", 2, r"bad_shape.onnx"),
     Case("profile-0-byte", "profile {empty.onnx} --backend cpu -o {out}", 2, r"empty.onnx.*(empty|0 bytes)"),
     Case("profile-garbage", "profile {garbage.onnx} --backend openvino -o {out}", 2, r"garbage.onnx.*ONNX"),
     Case("profile-truncated", "profile {truncated.onnx} --backend cpu -o {out}", 2, r"truncated.onnx.*ONNX"),
@@ -271,6 +307,12 @@ CASES = [
          r"a_file.*not a directory", output="a_file/sub"),
     Case("output-is-a-file", "optimize {onnx} -o {a_file}", 2, r"a_file exists and is not a directory",
          output="-"),
+    Case("overwrite-a-folder-that-is-no-run", "export --model s2mlpv2_small --tiny -o {precious} --overwrite", 2,
+         r"--overwrite replaces only a vmlp-deploy run directory.*precious", output="-"),
+    Case("output-is-the-working-folder", "export --model s2mlpv2_small --tiny -o . --overwrite", 2,
+         r"current directory", output="-"),
+    Case("negative-seed", "export --model s2mlpv2_small --tiny --seed -1 -o {out}", 2, r"seed"),
+    Case("huge-seed", "quantize {run} --backend cpu --seed 99999999999999999999 -o {out}", 2, r"seed"),
     # manifests
     Case("manifest-missing", "optimize {no_manifest} -o {out}", 2, r"no manifest.json"),
     Case("manifest-invalid-json", "quantize {manifest_invalid} --backend cpu -o {out}", 2, r"not valid JSON"),
@@ -343,6 +385,7 @@ def test_bad_input(case: Case, files: Files, work: Path, capsys: pytest.CaptureF
     if case.output != "-":
         assert not (work / case.output).exists() and not (files.root / case.output).exists()
     assert not _leftovers(work, files.root), _leftovers(work, files.root)
+    assert (files / "precious" / "thesis.tex").read_text() == "years of work\n"
 
 
 @pytest.mark.parametrize("case", WORKS, ids=[c.id for c in WORKS])

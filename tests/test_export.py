@@ -182,8 +182,13 @@ def test_existing_output_dir_is_refused_unless_overwrite(cli, tmp_path: Path) ->
     (out / "keep.txt").write_text("mine")
     code, _, err = cli("export", "--model", "convnext_tiny", "--tiny", "-o", out)
     assert code == 2 and "already exists" in err and (out / "keep.txt").exists()
+    code, _, err = cli("export", "--model", "convnext_tiny", "--tiny", "-o", out, "--overwrite")
+    assert code == 2 and "only a vmlp-deploy run directory" in err and (out / "keep.txt").exists(), "not a run"
+    (out / "keep.txt").unlink()
+    assert cli("export", "--model", "convnext_tiny", "--tiny", "-o", out)[0] == 0
+    (out / "extra.txt").write_text("left by the user in a run directory")
     code, _, _ = cli("export", "--model", "convnext_tiny", "--tiny", "-o", out, "--overwrite")
-    assert code == 0 and not (out / "keep.txt").exists() and (out / "model.onnx").exists()
+    assert code == 0 and not (out / "extra.txt").exists() and (out / "model.onnx").exists()
 
 
 def test_unwritable_output_is_refused(cli, tmp_path: Path) -> None:

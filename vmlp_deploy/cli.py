@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
+from . import __version__, arg_types
 from .errors import UserError
 from .targets import TARGETS
 from .models import UnknownModelError, get_variant
@@ -35,7 +35,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "timm and official key layouts are mapped; without --model the architecture is inferred")
     p.add_argument("--tiny", action="store_true", help="build the family's tiny configuration (fast smoke tests)")
     p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="input height and width")
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights and validation inputs (default 0)")
+    p.add_argument("--seed", type=arg_types.seed, default=0,
+                   help="seed for random weights and validation inputs (default 0)")
 
 
 def _variant_name(name: str) -> str:
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the whole-model ONNX Runtime check (each rewrite is still checked on its own)")
-    p.add_argument("--seed", type=int, default=0, help="seed for probes and verification inputs")
+    p.add_argument("--seed", type=arg_types.seed, default=0, help="seed for probes and verification inputs")
     p.add_argument("--target", choices=TARGETS, default="cpu", help=_TARGET_HELP)
     p.add_argument("--explain", action="store_true",
                    help="print the target's rule set: how often each rule fired and why it declined where it looked")

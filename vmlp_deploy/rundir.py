@@ -35,8 +35,15 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
     blocker = next((p for p in out.absolute().parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise UserError(f"cannot create {out}: {blocker} is a file, not a directory: choose another -o")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"output directory {out} already exists: pass --overwrite or choose another -o")
+    cwd = Path.cwd().resolve()
+    if out.resolve() == cwd or out.resolve() in cwd.parents:
+        raise UserError(f"-o {out} is the current directory or holds it: choose a new folder for the run")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"output directory {out} already exists: pass --overwrite or choose another -o")
+        if not (out / MANIFEST).is_file():
+            raise UserError(f"--overwrite replaces only a vmlp-deploy run directory (one with {MANIFEST}), and "
+                            f"{out} holds other files: choose another -o")
     parent = out.resolve().parent
     probe = parent
     while not probe.exists():
@@ -72,6 +79,10 @@ def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
         _discard(tmp, created)
         raise
     with _signals_held():
+        if not overwrite and out.exists() and any(out.iterdir()):
+            _discard(tmp, [])
+            raise UserError(f"output directory {out} was written by another run meanwhile: pass --overwrite or "
+                            "choose another -o (nothing was written)")
         if out.exists():
             backup = parent / f".{out.name}.old-{os.getpid()}"
             out.rename(backup)

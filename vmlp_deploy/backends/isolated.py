@@ -32,8 +32,8 @@ LOAD_TIMEOUT_S = 600.0
 
 
 class ChildMemory:
-    """The peak resident memory of the children serving the sessions opened while it is active (``child_memory``):
-    a stage's memory figure must count the processes it started, and only those."""
+    """The peak resident memory of the children started while it is active (``child_memory``): those serving
+    capped sessions, and NNCF's; a stage's memory figure must count the processes it started, and only those."""
 
     def __init__(self) -> None:
         self.ended: list[float] = []
@@ -57,6 +57,12 @@ def child_memory() -> Iterator[ChildMemory]:
         yield tracker
     finally:
         _trackers.remove(tracker)
+
+
+def note_child_peak(peak_mb: float) -> None:
+    """Count a finished child that served no session (NNCF's quantize) in every active tracker."""
+    for tracker in _trackers:
+        tracker.ended.append(peak_mb)
 
 
 class IsolatedSessionError(UserError):

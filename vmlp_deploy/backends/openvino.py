@@ -8,6 +8,9 @@ over the THROUGHPUT hint with explicit streams; per-layer times are the plugin's
 
 from __future__ import annotations
 
+import ctypes
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,30 @@ from .base import (Concurrent, HostCpuPolicy, LayerTime, RunOptions, Timer, cano
 PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
 #: Op types that mark a quantized graph: ONNX Q/DQ as read by the ONNX frontend, or IR FakeQuantize.
 QUANTIZED_OPS = ("FakeQuantize", "FakeConvert", "QuantizeLinear", "DequantizeLinear")
+
+
+class _SignalStack(ctypes.Structure):
+    """``stack_t`` of ``sigaltstack(2)``."""
+
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+#: The main thread's alternate signal stack, ours for the life of the process (see keep_signal_stack_valid).
+_SIGNAL_STACK = ctypes.create_string_buffer(1 << 16)
+
+
+def keep_signal_stack_valid() -> None:
+    """Point the main thread's alternate signal stack at memory that lives as long as the process.
+
+    The CPU plugin sets the calling thread's alternate signal stack when it compiles a model and frees that
+    memory later, when models are released, without unsetting it (OpenVINO 2026.4, seen with sigaltstack(2) and
+    /proc/self/maps). CPython runs its SIGINT/SIGTERM handlers on that stack, so Ctrl-C after two models were
+    loaded and released crashed with SIGSEGV and left the staging directory behind. Re-pointing it after every
+    compile makes the plugin's stack unreachable before it is freed. Linux x86-64/arm64 only; elsewhere a no-op."""
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return
+    stack = _SignalStack(ctypes.addressof(_SIGNAL_STACK), 0, len(_SIGNAL_STACK))
+    ctypes.CDLL(None, use_errno=True).sigaltstack(ctypes.byref(stack), None)
 
 
 def _precision_name(t: Any) -> str:
@@ -86,6 +113,7 @@ class OvSession:
         self.version = ov.__version__
         self.compiled = core.compile_model(ov_model, device, config)
         self.request = self.compiled.create_infer_request()
+        keep_signal_stack_valid()
         port = self.compiled.inputs[0]
         self.input_name = port.get_any_name()
         self.input_shape = [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()]

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from .. import arg_types
 from ..cpu import TARGET_NAMES, targets_help
 from ..errors import UserError
 from ..records import ProfileRecord
@@ -99,7 +100,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="zoo names: layout the export is written in (see `vmlp-deploy export --help`); "
                         "openvino suits --backend openvino")
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the random input (default 0)")
+    p.add_argument("--seed", type=arg_types.seed, default=0, metavar="N", help="seed of the random input (default 0)")
     p.add_argument("-o", "--output", type=Path, metavar="DIR", help="run directory (default out/profile-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.set_defaults(func=_cmd_profile)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,8 @@ from .layers import aggregate
 from .measure import MODES, MeasurePlan, Probe, Samples, latency_stats, measure, spread, throughput
 from .peak import DEFAULT_SIZE, KINDS, Peak, measure_probe
 from .report import write_outputs
+
+T = TypeVar("T")
 
 BACKEND_NAMES = tuple(BACKENDS)
 
@@ -135,6 +137,9 @@ def feed_shape(model: ModelInput, batch: int, sample_shape: tuple[int, ...] | No
     if not declared:
         raise UserError(f"{model.label} declares no input rank: re-export it with a static input shape")
     first, rest = declared[0], list(declared[1:])
+    if first == 0:
+        raise UserError(f"{model.label} has a batch of 0 ({list(declared)}): re-export it with a batch of 1 or a "
+                        "dynamic batch")
     if isinstance(first, int) and first > 0 and first != batch:
         raise UserError(f"{model.label} has a fixed batch of {first}, cannot run --batch {batch}: "
                         "re-export with --dynamic-batch (or profile a zoo name, exported with a dynamic batch)")
@@ -395,21 +400,22 @@ def _measure_interleaved(configs: Sequence[Config], feeds: dict[tuple[int, ...],
                          ) -> tuple[list[Samples], list[dict[str, Any]], list[float]]:
     """Load every configuration, then time them interleaved: (samples, session descriptions, load seconds)."""
     sessions, probes, load_s, stand_ins = [], [], [], []
-    with progress.step(f"Loading {len(configs)} configuration(s)"):
-        for c in configs:
-            x = feeds[c.shape]
-            session, stand_in, seconds = _load(c, c.options)
-            load_s.append(seconds)
-            sessions.append(session)
-            stand_ins.append(stand_in)
-            if c.mode == "latency":
-                probes.append(Probe(c.key, c.batch, c.mode, timer=session.timer(x)))
-            else:
-                probes.append(Probe(c.key, c.batch, c.mode, concurrent=session.concurrent(x),
-                                    requests=c.options.streams))
     plan = options.plan
     what = f"{plan.iterations} iterations" if plan.iterations is not None else f"{plan.duration_s:g} s"
     try:
+        with progress.step(f"Loading {len(configs)} configuration(s)"):
+            for c in configs:
+                x = feeds[c.shape]
+                session, stand_in, seconds = _load(c, c.options)
+                load_s.append(seconds)
+                sessions.append(session)
+                stand_ins.append(stand_in)
+                if c.mode == "latency":
+                    probes.append(Probe(c.key, c.batch, c.mode, timer=_refusal_is_bad_input(c, session.timer(x))))
+                else:
+                    probes.append(Probe(c.key, c.batch, c.mode,
+                                        concurrent=_refusal_is_bad_input(c, session.concurrent(x)),
+                                        requests=c.options.streams))
         with progress.step(f"Measuring {len(configs)} configuration(s) interleaved, {what} each"):
             samples = measure(probes, plan, on_measure)
         described = [{**s.describe(), **({"stand_in": stand_in} if stand_in else {})}
@@ -418,6 +424,22 @@ def _measure_interleaved(configs: Sequence[Config], feeds: dict[tuple[int, ...],
         for session in sessions:
             release(session)
     return samples, described, load_s
+
+
+def _refusal_is_bad_input(c: Config, run: Callable[..., T]) -> Callable[..., T]:
+    """``run``, with a runtime's refusal to execute the model (a Conv whose weight disagrees with its input, an
+    unknown operator) turned into one line naming the model: a user's model, not a bug here."""
+    def guarded(*args: Any) -> T:
+        try:
+            return run(*args)
+        except UserError:
+            raise
+        except Exception as e:  # each runtime raises its own types (ORT's Fail/InvalidArgument, RuntimeError)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"{c.backend} cannot run {c.model.path} ({first[:300]}): fix or re-export the "
+                            "model") from None
+
+    return guarded
 
 
 def _layer_key(c: Config) -> str:

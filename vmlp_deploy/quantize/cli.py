@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .. import arg_types
 from ..cpu import TARGET_NAMES, targets_help
 from ..errors import UserError
 from ..runs import latest_float_run
@@ -69,7 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--num-samples", type=int, default=300, help="calibration samples (default 300, like NNCF)")
     data.add_argument("--holdout", type=int, default=50,
                       help="samples held out of calibration to measure fidelity on (default 50)")
-    data.add_argument("--seed", type=int, default=0, help="seed of the shuffle and the embedded crops (default 0)")
+    data.add_argument("--seed", type=arg_types.seed, default=0,
+                      help="seed of the shuffle and the embedded crops (default 0)")
     data.add_argument("--allow-upscale", action="store_true",
                       help="accept images smaller than the model's crop (they are enlarged; skipped otherwise)")
     recipe = p.add_argument_group("preprocessing (for models without a manifest, or to replace its recipe)")

@@ -21,8 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import re
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,10 +35,12 @@ import numpy as np
 import onnx
 
 from ..backends import Loader
+from ..backends.isolated import note_child_peak
 from ..backends.openvino import OpenVinoBackend
 from ..cpu import CpuTarget
 from ..errors import UserError
 from ..progress import Progress
+from ..rundir import process_peak_rss_mb
 from ..targets import CHANNELS_FIRST
 from .base import LayerProbes, LayoutRule
 from .data import BatchReader
@@ -107,61 +114,21 @@ class OpenVinoQuantizer:
         self.smooth_quant_alpha = -1.0 if options.smooth_quant_alpha is None else options.smooth_quant_alpha
 
     def prepare(self, samples: np.ndarray, progress: Progress) -> None:
-        """NNCF calibrates inside every ``quantize`` call; keep the samples for it."""
+        """NNCF calibrates inside every ``quantize`` call; keep the samples for it (on disk: it runs in a child)."""
         self.samples = samples
+        np.save(self.work / "nncf-calibration.npy", samples)
 
     def quantize(self, keep_float: list[str], out_dir: Path) -> Path:
-        import nncf
-        import openvino as ov
-        from nncf.quantization.advanced_parameters import (
-            AdvancedQuantizationParameters,
-            AdvancedSmoothQuantParameters,
-        )
-
+        """NNCF in a child process: a signal inside NNCF's graph walk crashed CPython 3.11 (SIGSEGV in about one
+        Ctrl-C of three early in the call, leaving the staging directory behind); in a child, the crash and its
+        memory stay there, and this process unwinds cleanly and removes what it staged."""
         assert self.samples is not None, "prepare() first"
-        nncf.set_log_level(logging.ERROR)
-        batches = list(BatchReader(self.samples, self.source.input_name, self.source.batch))
-        model = ov.Core().read_model(str(self.source.onnx_path))
-        kwargs: dict[str, Any] = {}
-        if self.model_type == "transformer":
-            kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-        if keep_float:
-            kwargs["ignored_scope"] = nncf.IgnoredScope(
-                patterns=[f"^{re.escape(name)}(/.*)?$" for name in keep_float], validate=False)
-        advanced: dict[str, Any] = {"activations_range_estimator_params": self._range_estimator(),
-                                    "overflow_fix": nncf.OverflowFix(self.scheme.nncf_overflow_fix)}
-        if self.model_type == "transformer":
-            advanced["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=self.smooth_quant_alpha)
-        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(**advanced)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws its own progress bars
-                quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), **kwargs)
-        except nncf.ValidationError as e:
-            raise UserError(f"NNCF refused the model ({str(e).splitlines()[0]}): try --model-type cnn") from None
         out = out_dir / "model.xml"
-        ov.save_model(quantized, str(out), compress_to_fp16=False)
+        job = NncfJob(str(self.source.onnx_path), str(self.work / "nncf-calibration.npy"), self.source.input_name,
+                      self.source.batch, self.model_type == "transformer", keep_float, self.options.method,
+                      self.options.percentile, self.scheme.nncf_overflow_fix, self.smooth_quant_alpha, str(out))
+        run_child(job, self.work)
         return out
-
-    def _range_estimator(self) -> Any:
-        """``--method`` in NNCF's terms: minmax = global min/max (as ONNX Runtime); percentile = the most
-        extreme per-sample quantiles (outlier probability ``1 - percentile``): NNCF's MEAN_QUANTILE, which
-        averages them instead, clipped the digits S2-MLPv2 to 11.7 dB logits SQNR."""
-        from nncf.quantization.range_estimator import (
-            AggregatorType,
-            RangeEstimatorParameters,
-            RangeEstimatorParametersSet,
-            StatisticsCollectorParameters,
-            StatisticsType,
-        )
-
-        if self.options.method == "minmax":
-            return RangeEstimatorParametersSet.MINMAX
-        prob = (100.0 - self.options.percentile) / 100.0
-        low = StatisticsCollectorParameters(statistics_type=StatisticsType.QUANTILE, aggregator_type=AggregatorType.MIN,
-                                            quantile_outlier_prob=prob)
-        high = StatisticsCollectorParameters(statistics_type=StatisticsType.QUANTILE, aggregator_type=AggregatorType.MAX,
-                                             quantile_outlier_prob=prob)
-        return RangeEstimatorParameters(min=low, max=high)
 
     def quantized_consumers(self, int8_model: Path) -> list[str]:
         """ONNX node names of the ops that read a FakeQuantize output (the layers NNCF quantized)."""
@@ -206,3 +173,99 @@ class OpenVinoQuantizer:
                                else "8-bit weights everywhere)"),
             "saved_as": "OpenVINO IR, int8 weights, compress_to_fp16=False",
         }
+
+
+@dataclass(frozen=True)
+class NncfJob:
+    """One ``nncf.quantize`` call, as the child process runs it (JSON both ways)."""
+
+    onnx_path: str
+    samples_path: str
+    input_name: str
+    batch: int | None
+    transformer: bool
+    keep_float: list[str]
+    method: str
+    percentile: float
+    overflow_fix: str
+    smooth_quant_alpha: float
+    out_xml: str
+
+
+def run_child(job: NncfJob, work: Path) -> None:
+    """Run ``job`` in a child Python and wait; NNCF's refusal is one line (exit 2), its peak memory is counted
+    with the stage's children. Interrupted here, ``subprocess.run`` kills the child before unwinding."""
+    spec = work / "nncf-job.json"
+    spec.write_text(json.dumps(asdict(job)))
+    result = work / "nncf-result.json"
+    result.unlink(missing_ok=True)
+    done = subprocess.run([sys.executable, "-P", "-m", __name__, str(spec), str(result)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode < 0 and -done.returncode in (signal.SIGINT, signal.SIGTERM):
+        raise KeyboardInterrupt
+    outcome = json.loads(result.read_text()) if result.is_file() else {}
+    if outcome.get("peak_rss_mb"):
+        note_child_peak(outcome["peak_rss_mb"])
+    if outcome.get("refused"):
+        raise UserError(f"NNCF refused the model ({outcome['refused']}): try --model-type cnn")
+    if done.returncode != 0 or not outcome.get("ok"):
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise RuntimeError(f"NNCF's quantize failed in its child process: {last}")
+
+
+def _range_estimator(method: str, percentile: float) -> Any:
+    """``--method`` in NNCF's terms: minmax = global min/max (as ONNX Runtime); percentile = the most extreme
+    per-sample quantiles (outlier probability ``1 - percentile``): NNCF's MEAN_QUANTILE, which averages them
+    instead, clipped the digits S2-MLPv2 to 11.7 dB logits SQNR."""
+    from nncf.quantization.range_estimator import (
+        AggregatorType,
+        RangeEstimatorParameters,
+        RangeEstimatorParametersSet,
+        StatisticsCollectorParameters,
+        StatisticsType,
+    )
+
+    if method == "minmax":
+        return RangeEstimatorParametersSet.MINMAX
+    prob = (100.0 - percentile) / 100.0
+    low = StatisticsCollectorParameters(statistics_type=StatisticsType.QUANTILE, aggregator_type=AggregatorType.MIN,
+                                        quantile_outlier_prob=prob)
+    high = StatisticsCollectorParameters(statistics_type=StatisticsType.QUANTILE, aggregator_type=AggregatorType.MAX,
+                                         quantile_outlier_prob=prob)
+    return RangeEstimatorParameters(min=low, max=high)
+
+
+def _quantize_in_child(job: NncfJob) -> dict[str, Any]:
+    """The child's work: the calibration samples through NNCF, the IR saved; ``refused`` when NNCF says no."""
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    nncf.set_log_level(logging.ERROR)
+    batches = list(BatchReader(np.load(job.samples_path), job.input_name, job.batch))
+    model = ov.Core().read_model(job.onnx_path)
+    kwargs: dict[str, Any] = {}
+    if job.transformer:
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    if job.keep_float:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(
+            patterns=[f"^{re.escape(name)}(/.*)?$" for name in job.keep_float], validate=False)
+    advanced: dict[str, Any] = {"activations_range_estimator_params": _range_estimator(job.method, job.percentile),
+                                "overflow_fix": nncf.OverflowFix(job.overflow_fix)}
+    if job.transformer:
+        advanced["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=job.smooth_quant_alpha)
+    kwargs["advanced_parameters"] = AdvancedQuantizationParameters(**advanced)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws its own progress bars
+            quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), **kwargs)
+    except nncf.ValidationError as e:
+        return {"ok": False, "refused": str(e).splitlines()[0]}
+    ov.save_model(quantized, job.out_xml, compress_to_fp16=False)
+    return {"ok": True}
+
+
+if __name__ == "__main__":
+    job_file, result_file = (Path(a) for a in sys.argv[1:3])
+    outcome = _quantize_in_child(NncfJob(**json.loads(job_file.read_text())))
+    outcome["peak_rss_mb"] = process_peak_rss_mb()
+    result_file.write_text(json.dumps(outcome))

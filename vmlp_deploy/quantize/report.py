@@ -92,7 +92,7 @@ def render(r: QuantizeResult) -> str:
                  ["total", f"{r.timings['total']:.1f}"]]
     lines += _table(["step", "seconds"], rows)
     lines += [f"Peak resident memory of the process: {r.peak_rss_mb:.0f} MB"
-              + (f"; of the largest child that served a capped session: {r.child_peak_rss_mb:.0f} MB"
+              + (f"; of the largest child process (a capped session, NNCF): {r.child_peak_rss_mb:.0f} MB"
                  if r.child_peak_rss_mb else "") + ".", ""]
     return "\n".join(lines)
 

@@ -133,6 +133,13 @@ def open_source(path: Path) -> SourceModel:
     shape = _dims(inputs[0])
     if len(shape) != 4:
         raise UserError(f"{onnx_path} input {inputs[0].name!r} has shape {shape}: quantize expects one NCHW image input")
+    elem = inputs[0].type.tensor_type.elem_type
+    if elem != onnx.TensorProto.FLOAT:
+        raise UserError(f"{onnx_path} input {inputs[0].name!r} is {onnx.helper.tensor_dtype_to_np_dtype(elem)}: "
+                        "quantize calibrates a float32 input; export the model with a float32 input")
+    if shape[0] == 0:
+        raise UserError(f"{onnx_path} input {inputs[0].name!r} has a batch of 0 ({shape}): re-export it with a "
+                        "batch of 1 or a dynamic batch")
     out_shape = _dims(model.graph.output[0])
     num_classes = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) and out_shape[-1] > 0 else None
     # Read as if from a file, so the written manifest keeps these keys first, in this order, as it always has.

@@ -27,6 +27,7 @@ from .. import cpu, isa_cap
 from ..backends import BACKENDS, Loader, RunOptions, Session, release
 from ..backends.isolated import ChildMemory, child_memory
 from ..errors import FidelityGateError, UserError
+from ..onnx_io import cpu_session
 from ..preprocess import Recipe
 from ..progress import Progress, Quiet, TimedSteps
 from ..records import Artifacts, QuantizeStage, RunManifest, environment
@@ -144,13 +145,14 @@ class QuantizeResult:
     target: cpu.CpuTarget | None = None
     scheme: SchemeChoice | None = None
     gate: GateResult | None = None
-    #: The largest peak of a child process that served a capped session (``isa_cap``), besides this process's.
+    #: The largest peak of a child process (a capped session of ``isa_cap``, NNCF's quantize), besides this one's.
     child_peak_rss_mb: float | None = None
 
     @property
     def memory(self) -> str:
-        """``1733 MB``, or ``1733 MB + 412 MB (capped child)`` when a child process held a model too."""
-        extra = f" + {self.child_peak_rss_mb:.0f} MB (capped child)" if self.child_peak_rss_mb else ""
+        """``1733 MB``, or ``1733 MB + 412 MB (largest child)`` when a child process held a model too (a capped
+        session, NNCF's quantize)."""
+        extra = f" + {self.child_peak_rss_mb:.0f} MB (largest child)" if self.child_peak_rss_mb else ""
         return f"{self.peak_rss_mb:.0f} MB{extra}"
 
     @property
@@ -202,6 +204,26 @@ def _load_data(source: SourceModel, options: QuantizeOptions, recipe: Any, progr
         return load_embedded(recipe, options.num_samples, options.holdout, options.seed, progress)
     return load_directory(options.calibration_data, recipe, source.sample_shape, options.num_samples,
                           options.holdout, options.seed, options.allow_upscale, progress)
+
+
+def _check_float_model_runs(source: SourceModel, samples: np.ndarray) -> None:
+    """The samples fit the model and ONNX Runtime runs it on one of them, before any work: a model from
+    elsewhere may want other channels, or hold an operator or a shape no runtime accepts. An export run
+    directory was validated by ONNX Runtime when written, so only its sample shape is checked."""
+    expected = source.sample_shape
+    if expected is not None and tuple(samples.shape[1:]) != expected:
+        raise UserError(f"{source.onnx_path} takes {expected} per sample, the calibration data gives "
+                        f"{tuple(samples.shape[1:])} (images are RGB): pass --calibration-data with .npy tensors "
+                        "of the model's shape")
+    if source.has_manifest:
+        return
+    try:
+        session = cpu_session(source.onnx_path, threads=1)
+        session.run(None, {source.input_name: np.repeat(samples[:1], source.batch or 1, axis=0)})
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidArgument/... types, all ending here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"ONNX Runtime cannot run {source.onnx_path} ({first[:300]}): fix or re-export the model "
+                        "(`python -m onnx.checker` and onnxruntime name the node)") from None
 
 
 def _accuracy(folder: ImageFolder, recipe: Any, fp32: Session, int8: Session, batch: int | None,
@@ -320,6 +342,7 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
     steps = run.steps
     with steps.timed("load_data"):
         data = _load_data(run.source, opt, run.recipe, run.progress)
+    _check_float_model_runs(run.source, data.calibration)
     run.warnings += _data_warnings(opt, data.stats)
     with (tempfile.TemporaryDirectory(prefix="vmlp-quantize-") as work_name,
           staged_dir(run.out, opt.overwrite) as tmp, child_memory() as children):
