@@ -124,6 +124,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     _conv_model(f / "zero_batch.onnx", batch=0)
     _conv_model(f / "bad_shape.onnx", weight_channels=4)
     _conv_model(f / "custom_op.onnx", op=("Foo", "com.weird"))
+    Image.fromarray(_rgb((8, 8), 0)).save(f / "png.json", format="PNG")
     precious = f / "precious"
     precious.mkdir()
     (precious / "thesis.tex").write_text("years of work\n")
@@ -311,6 +312,10 @@ CASES = [
          r"--overwrite replaces only a vmlp-deploy run directory.*precious", output="-"),
     Case("output-is-the-working-folder", "export --model s2mlpv2_small --tiny -o . --overwrite", 2,
          r"current directory", output="-"),
+    Case("deploy-bad-quantize-option", "deploy --model s2mlpv2_small --tiny --num-samples 0 --root {out}", 2,
+         r"--num-samples must be at least 1"),
+    Case("recipe-is-an-image", "quantize {run} --backend cpu --recipe {png.json} -o {out}", 2, r"png.json is not text"),
+    Case("recipe-is-a-folder", "quantize {run} --backend cpu --recipe {cal_gray} -o {out}", 2, r"is a folder"),
     Case("negative-seed", "export --model s2mlpv2_small --tiny --seed -1 -o {out}", 2, r"seed"),
     Case("huge-seed", "quantize {run} --backend cpu --seed 99999999999999999999 -o {out}", 2, r"seed"),
     # manifests

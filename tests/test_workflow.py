@@ -78,6 +78,14 @@ def test_export_quantize_runs_in_a_fresh_folder(workdir: Path, cli: Cli) -> None
     assert "FP32 vs INT8" in out and "speedup" in out and "| openvino |" in (prof / "summary.md").read_text()
     code, out, _ = cli("ls", "--json")
     assert {r["stage"] for r in json.loads(out)} == {"export", "quantize", "profile"}
+    odd = workdir / "out" / "s2mlpv2_small-int8-cpu" / "manifest.json"
+    manifest = json.loads(odd.read_text())
+    manifest["stages"]["quantize"]["fidelity"] = 5
+    odd.write_text(json.dumps(manifest))
+    code, out, err = cli("runs")
+    assert code == 0 and "unreadable manifest" in out, "one hand-edited run does not break the listing"
+    code, out, err = cli("quantize", "--backend", "cpu", "-o", "again", *QUICK)
+    assert code == 0 and "most recent export: out/s2mlpv2_small" in out, err
 
 
 def test_deploy_tiny_and_reruns_reuse(workdir: Path, cli: Cli) -> None:

@@ -276,6 +276,16 @@ def host() -> HostCpu:
     return HostCpu(isa, model, cores, nominal, int(max_khz) / 1000 if max_khz.isdigit() else None, source)
 
 
+def oversubscription_warning(threads: int | None) -> str | None:
+    """A warning when ``--threads`` asks for more threads than this process may run on: they then time-slice
+    (a trial's fidelity step went from 0.2 s to 115 s with --threads 1000 on 2 cores)."""
+    cores = host().cores
+    if threads is None or threads <= cores:
+        return None
+    return (f"--threads {threads} exceeds the {cores} usable cores: the threads time-slice, which is slower and "
+            "makes timings meaningless; leave --threads out to use them all")
+
+
 def resolve_target(name: str | None) -> CpuTarget:
     """``host`` (or None) -> the detected CPU; otherwise one of :data:`TARGETS`."""
     if name is None or name == "host":

@@ -112,7 +112,11 @@ def read_run(path: Path) -> RunInfo | None:
         manifest = RunManifest.from_json(json.loads((path / MANIFEST).read_text()))
     except (OSError, json.JSONDecodeError, ManifestError):
         return None
-    return _info(path, manifest)
+    try:
+        return _info(path, manifest)
+    except (AttributeError, TypeError, ValueError, KeyError) as e:  # a hand-edited value deeper in a stage
+        return RunInfo(path, "?", path.name, "-", "-", "-", f"unreadable manifest ({type(e).__name__}: hand-edited?)",
+                       datetime.fromtimestamp((path / MANIFEST).stat().st_mtime, timezone.utc), manifest)
 
 
 def list_runs(root: Path = DEFAULT_ROOT) -> list[RunInfo]:

@@ -339,7 +339,7 @@ def profile_models(
     busy = _busy_machine(env)
     breakdowns = _layer_breakdowns(configs, feeds, options, progress) if options.layer_runs > 0 else {}
 
-    warnings += [busy] if busy else []
+    warnings += [w for w in (busy, cpu.oversubscription_warning(options.threads)) if w]
     records = [_record(c, s, info, loaded, breakdowns.get(_layer_key(c)), options)
                for c, s, info, loaded in zip(configs, samples, described, load_s, strict=True)]
     warnings += _against_probes(configs, records, peaks)

@@ -161,15 +161,19 @@ def _bare_manifest(onnx_path: Path, model: onnx.ModelProto) -> RunManifest:
 
 
 def _read_recipe_file(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise UserError(f"recipe file {path} is a folder: pass a .json or .toml file")
     if not path.is_file():
         raise UserError(f"recipe file {path} does not exist")
+    if path.suffix not in (".json", ".toml"):
+        raise UserError(f"recipe file {path} must be .json or .toml")
     try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(path.read_text())
-        elif path.suffix == ".json":
-            data = json.loads(path.read_text())
-        else:
-            raise UserError(f"recipe file {path} must be .json or .toml")
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except UnicodeDecodeError:
+        raise UserError(f"recipe file {path} is not text: pass a .json or .toml recipe") from None
+    except OSError as e:
+        raise UserError(f"cannot read recipe file {path}: {e.strerror}") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise UserError(f"cannot parse recipe file {path}: {e}") from None
     if not isinstance(data, dict):

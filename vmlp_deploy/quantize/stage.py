@@ -391,7 +391,7 @@ def _settle(run_dir: Path, opt: QuantizeOptions, progress: Progress) -> _Run:
     target = cpu.resolve_target(opt.target_cpu)
     choice = choose_scheme(opt.backend, target, opt.int8_scheme)
     progress.note(f"INT8 scheme {choice.scheme.name}: {choice.reason}")
-    warnings = [choice.warning] if choice.warning else []
+    warnings = [w for w in (choice.warning, cpu.oversubscription_warning(opt.threads)) if w]
     host_ok = BACKENDS[kind.backend].accelerator or cpu.host_stands_for(target, integer_only=True)
     cap = None
     if not host_ok:
