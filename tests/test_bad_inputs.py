@@ -161,6 +161,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     manifest_variant("manifest_missing_model", json.dumps({**manifest, "artifacts": {"onnx": "gone.onnx"}}))
     manifest_variant("manifest_preprocessing_str", json.dumps({**manifest, "preprocessing": "imagenet"}))
     manifest_variant("manifest_stages_list", json.dumps({**manifest, "stages": ["export"]}))
+    manifest_variant("profile_run", json.dumps({"format": manifest["format"], "stages": {"profile": {"records": 2}},
+                                                "artifacts": {"json": "profile.json"}}))
     no_manifest = f / "no_manifest"
     no_manifest.mkdir()
     (no_manifest / "notes.txt").write_text("x\n")
@@ -329,6 +331,9 @@ CASES = [
     Case("manifest-preprocessing-string", "quantize {manifest_preprocessing_str} --backend cpu -o {out}", 2,
          r"preprocessing"),
     Case("manifest-stages-list", "quantize {manifest_stages_list} --backend cpu -o {out}", 2, r"stages"),
+    Case("optimize-a-profile-run", "optimize {profile_run} -o {out}", 2, r"profile run .*export or quantize run"),
+    Case("quantize-a-profile-run", "quantize {profile_run} --backend cpu -o {out}", 2, r"profile run"),
+    Case("profile-a-profile-run", "profile {profile_run} --backend cpu -o {out}", 2, r"profile run"),
     # backends
     Case("backend-unavailable", "profile {onnx} --backend tensorrt -o {out}", 5, r"TensorRT.*pip install"),
 ]

@@ -6,7 +6,10 @@ Bad input ends with one ``error: ...`` line and a non-zero exit code, never a tr
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import os
 import platform
 import signal
 import sys
@@ -23,7 +26,7 @@ from .targets import TARGETS
 from .models import UnknownModelError, get_variant
 
 #: Piped or captured output (CI logs, `| tee`) gets 120 columns instead of rich's 80, so tables do not wrap.
-_WIDTH = None if sys.stdout.isatty() else 120
+_WIDTH = None if sys.stdout is not None and sys.stdout.isatty() else 120
 console = Console(stderr=False, highlight=False, width=_WIDTH)
 err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
@@ -298,6 +301,17 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
+def _tolerant_streams() -> None:
+    """Output never fails on the terminal's encoding (``PYTHONIOENCODING=ascii``: ✓ and ← become ?), and a
+    closed stdout (``>&-``) swallows output instead of failing on the first print."""
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors="replace")
+
+
 def run_facts(argv: list[str]) -> str:
     """The facts an internal-error report needs: the command as typed, this version, Python and the platform."""
     command = " ".join(["vmlp-deploy", *argv])
@@ -308,6 +322,7 @@ def run_facts(argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one verb; every failure ends in one message and an exit code per class of error (README table)."""
     argv = sys.argv[1:] if argv is None else argv
+    _tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -327,6 +342,17 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"[red]interrupted[/red] by {signal.Signals(signum).name}: nothing was written "
                           "(an existing run is left as it was)", soft_wrap=True)
         return 128 + signum
+    except BrokenPipeError:  # `vmlp-deploy runs | head`: the reader has what it wanted; exit 1 quietly, as rich does
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or args.debug:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        err_console.print(f"[red]error:[/red] cannot write{where}: {os.strerror(e.errno)}: free space, or point -o "
+                          "(or TMPDIR, for scratch files) elsewhere; nothing was written", soft_wrap=True)
+        return 2
     except Exception as e:  # an internal bug: say so, where to report it and with which facts
         if args.debug:
             raise

@@ -19,7 +19,7 @@ from .onnx_io import load_checked, save
 from .passes import OptimizeResult, optimize_model
 from .progress import Progress, Quiet
 from .records import MANIFEST_FORMAT, Artifacts, OptimizeStage, RunManifest, environment
-from .rundir import (MANIFEST, load_manifest, manifest_beside, metadata_model, peak_rss_mb, staged_dir,
+from .rundir import (MANIFEST, load_model_manifest, manifest_beside, metadata_model, peak_rss_mb, staged_dir,
                      write_manifest)
 
 
@@ -39,7 +39,7 @@ class OptimizeRun:
 def resolve_onnx(source: Path) -> tuple[Path, RunManifest | None]:
     """A run directory (its manifest names the model) or a bare ``.onnx`` file."""
     if source.is_dir():
-        manifest = load_manifest(source)
+        manifest = load_model_manifest(source)
         name = manifest.artifacts.onnx if manifest.artifacts else None
         if not name:
             raise UserError(f"{source / MANIFEST} names no ONNX model (artifacts.onnx): pass the .onnx file itself "

@@ -161,6 +161,15 @@ def load_manifest(run_dir: Path) -> RunManifest:
     return manifest
 
 
+def load_model_manifest(run_dir: Path) -> RunManifest:
+    """``load_manifest`` for a stage that needs the run's model: a profile run holds reports, not a model."""
+    manifest = load_manifest(run_dir)
+    if manifest.profile is not None:
+        raise UserError(f"{run_dir} is a profile run (reports, no model): pass the export or quantize run "
+                        "directories it measured")
+    return manifest
+
+
 def manifest_beside(model_path: Path) -> RunManifest | None:
     """The manifest of the run directory an .onnx file sits in, when that manifest names this file: passing
     ``out/run/model.onnx`` then means the same as passing ``out/run``."""

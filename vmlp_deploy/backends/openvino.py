@@ -66,8 +66,16 @@ def read_model(core: Any, model: Path) -> Any:
     try:
         return core.read_model(str(model))
     except Exception as e:  # the frontends raise GeneralFailure / RuntimeError with long C++ messages
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise UserError(f"OpenVINO cannot read {model.name}: {first}") from None
+        raise UserError(f"OpenVINO cannot read {model.name}: {ov_reason(e)}") from None
+
+
+def ov_reason(e: Exception) -> str:
+    """The line of an OpenVINO exception that says what went wrong: its message opens with the C++ places it
+    passed through ("Exception from src/...:84:", "Check 'false' failed at ..."), which say nothing to a user."""
+    noise = ("Exception from ", "Check '", "FrontEnd API failed", "Summary:", "Model wasn't fully converted")
+    lines = [line.strip(" -") for line in str(e).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(noise)]
+    return (said or lines or [type(e).__name__])[-1][:300]
 
 
 class OvSession:
@@ -111,7 +119,10 @@ class OvSession:
         config.update(options.extra.get("ov_config", {}))
         self.options = options
         self.version = ov.__version__
-        self.compiled = core.compile_model(ov_model, device, config)
+        try:
+            self.compiled = core.compile_model(ov_model, device, config)
+        except RuntimeError as e:
+            raise UserError(f"OpenVINO cannot compile {model.name} for {device}: {ov_reason(e)}") from None
         self.request = self.compiled.create_infer_request()
         keep_signal_stack_valid()
         port = self.compiled.inputs[0]

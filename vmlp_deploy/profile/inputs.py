@@ -25,7 +25,7 @@ from ..backends.onnxruntime import graph_input
 from ..errors import UserError
 from ..progress import Progress, Quiet
 from ..records import Artifacts, ModelInfo, RunManifest
-from ..rundir import MANIFEST, load_manifest
+from ..rundir import MANIFEST, load_manifest, load_model_manifest
 from ..targets import DEFAULT_TARGET
 
 #: Where the MACs of a run directory's zoo model come from.
@@ -264,7 +264,7 @@ def resolve_input(spec: str, *, tiny: bool = False, sample_shape: Sequence[int] 
     progress = progress or Quiet()
     path = Path(spec)
     if path.is_dir():
-        manifest = load_manifest(path)
+        manifest = load_model_manifest(path)
         artifacts = manifest.artifacts or Artifacts()
         xml = artifacts.openvino_xml
         artifact = xml or artifacts.onnx or "model.onnx"

@@ -20,10 +20,13 @@ Layers to keep in float go in an ``IgnoredScope``: ONNX node names map to the Op
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,6 +195,11 @@ class NncfJob:
     out_xml: str
 
 
+#: Free bytes below which a failed child is taken to have run out of disk (OpenVINO reports a full disk as
+#: "basic_ios::clear: iostream error").
+_IR_ROOM = 64 << 20
+
+
 def run_child(job: NncfJob, work: Path) -> None:
     """Run ``job`` in a child Python and wait; NNCF's refusal is one line (exit 2), its peak memory is counted
     with the stage's children. Interrupted here, ``subprocess.run`` kills the child before unwinding."""
@@ -209,6 +217,9 @@ def run_child(job: NncfJob, work: Path) -> None:
     if outcome.get("refused"):
         raise UserError(f"NNCF refused the model ({outcome['refused']}): try --model-type cnn")
     if done.returncode != 0 or not outcome.get("ok"):
+        out_dir = Path(job.out_xml).parent
+        if shutil.disk_usage(out_dir).free < _IR_ROOM or shutil.disk_usage(work).free < _IR_ROOM:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_dir))  # OpenVINO says "iostream error"
         last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         raise RuntimeError(f"NNCF's quantize failed in its child process: {last}")
 

@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..onnx_io import load_checked
 from ..preprocess import Recipe
 from ..records import MANIFEST_FORMAT, RunManifest
-from ..rundir import MANIFEST, load_manifest, manifest_beside, metadata_model
+from ..rundir import MANIFEST, load_model_manifest, manifest_beside, metadata_model
 from .options import RecipeOverrides
 
 #: Operators that only appear in a model that is already quantized (QDQ or QOperator format).
@@ -79,7 +79,7 @@ def _find_onnx(path: Path) -> tuple[Path, Path, RunManifest | None]:
     if not path.is_dir():
         raise UserError(f"{path} does not exist: pass a run directory from `vmlp-deploy export` or an .onnx file")
     if (path / MANIFEST).is_file():
-        return _checked_source_dir(path, load_manifest(path))
+        return _checked_source_dir(path, load_model_manifest(path))
     candidates = sorted(path.glob("*.onnx"))
     if len(candidates) > 1 and (path / "model.onnx").is_file():
         candidates = [path / "model.onnx"]
