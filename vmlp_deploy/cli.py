@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
 import platform
@@ -22,6 +21,7 @@ from rich.table import Table
 
 from . import __version__, arg_types
 from .errors import UserError
+from .rundir import WRITE_ERRORS
 from .targets import TARGETS
 from .models import UnknownModelError, get_variant
 
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or args.debug:
+        if e.errno not in WRITE_ERRORS or args.debug:
             raise
         where = f" ({e.filename})" if e.filename else ""
         err_console.print(f"[red]error:[/red] cannot write{where}: {os.strerror(e.errno)}: free space, or point -o "

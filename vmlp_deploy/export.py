@@ -32,7 +32,7 @@ from .passes import optimize_model
 from .targets import TARGETS
 from .progress import Progress, Quiet, TimedSteps
 from .records import MANIFEST_FORMAT, Artifacts, ExportStage, ModelInfo, RunManifest, environment
-from .rundir import peak_rss_mb, sha256_file, staged_dir, write_manifest
+from .rundir import WRITE_ERRORS, peak_rss_mb, sha256_file, staged_dir, write_manifest
 from .validate import Tolerance, ValidationReport, compare
 
 INPUT_NAME = "pixel_values"
@@ -239,6 +239,10 @@ def _export(lm: LoadedModel, tmp: Path, opt: ExportOptions) -> tuple[_Graph, lis
     raw_path = tmp / "raw.onnx"
     try:
         export_warnings = _torch_export(lm, raw_path, opt)
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise UserError(f"torch.onnx export failed (OSError: {e.strerror}): check {tmp}") from None
+        raise OSError(e.errno, e.strerror, str(raw_path)) from None  # the disk's fault (staged_dir says so)
     except Exception as e:  # the exporters raise many unrelated types; name the failure in one line
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise UserError(f"torch.onnx export failed ({type(e).__name__}: {msg}): try --exporter "

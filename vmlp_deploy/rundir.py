@@ -25,7 +25,7 @@ from .records import Artifacts, ManifestError, RunManifest
 
 MANIFEST = "manifest.json"
 #: Errors writing a run that are the machine's, not a bug: a full disk or quota, a read-only file system.
-_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
@@ -71,8 +71,15 @@ def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
         yield tmp
     except OSError as e:
         _discard(tmp, created)
-        if e.errno not in _WRITE_ERRORS:
+        if e.errno not in WRITE_ERRORS:
             raise
+        failed = Path(str(e.filename)).resolve() if e.filename else None
+        scratch = Path(tempfile.gettempdir())
+        if (failed is not None and failed != parent and parent not in failed.parents) or (
+                failed is None and shutil.disk_usage(scratch).free < shutil.disk_usage(parent).free // 16):
+            e.filename = e.filename or scratch
+            raise UserError(f"cannot write the scratch file {e.filename}: {os.strerror(e.errno)}: free space there "
+                            "or point TMPDIR elsewhere (nothing was written)") from None
         raise UserError(f"cannot write {out}: {os.strerror(e.errno)}: free space or choose another -o "
                         "(nothing was written)") from None
     except BaseException:

@@ -104,12 +104,13 @@ def gelu_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def _quiet() -> contextlib.AbstractContextManager[Any]:
-    """ONNX Runtime's calibrators print progress lines to stdout and log pre-processing hints; keep them out."""
+    """ONNX Runtime's calibrators print progress lines to stdout and log pre-processing hints and failures (with
+    tracebacks); keep them out: a failure reaches the user as the exception it raises, in one line."""
     stack = contextlib.ExitStack()
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
     logger = logging.getLogger()
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.CRITICAL)
     stack.callback(logger.setLevel, level)
     return stack
 
