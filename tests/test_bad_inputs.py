@@ -10,6 +10,7 @@ takes seconds; the interruption tests (``test_interrupt.py``) need real processe
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -318,6 +319,9 @@ CASES = [
          r"--num-samples must be at least 1"),
     Case("recipe-is-an-image", "quantize {run} --backend cpu --recipe {png.json} -o {out}", 2, r"png.json is not text"),
     Case("recipe-is-a-folder", "quantize {run} --backend cpu --recipe {cal_gray} -o {out}", 2, r"is a folder"),
+    Case("no-rewrite-with-a-target", "export --model s2mlpv2_small --tiny --no-rewrite --target openvino -o {out}", 2,
+         r"--target openvino.*--no-rewrite"),
+    Case("percentile-without-its-method", Q + " --percentile 50", 2, r"--percentile applies to --method percentile"),
     Case("negative-seed", "export --model s2mlpv2_small --tiny --seed -1 -o {out}", 2, r"seed"),
     Case("huge-seed", "quantize {run} --backend cpu --seed 99999999999999999999 -o {out}", 2, r"seed"),
     # manifests
@@ -451,3 +455,25 @@ def test_unwritable_file_system(read_only: bool, files: Files, small_tmpfs: Path
     assert code == 2 and "Traceback" not in out + err and len(errors) == 1, (out[-2000:], err[-2000:])
     assert re.search(r"(No space left|Read-only file system|cannot write).*(free space|choose)", errors[0]), errors[0]
     assert list(small_tmpfs.iterdir()) == []
+
+
+def test_unreadable_model_and_manifest(files: Files, tmp_path: Path) -> None:
+    """Files without read permission: one line each, not an internal error (as root, with the capability that
+    bypasses permissions dropped: root reads everything otherwise)."""
+    prefix: list[str] = []
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: permissions cannot be enforced here")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+                  "-dac_override,-dac_read_search"]
+    locked = tmp_path / "locked.onnx"
+    locked.write_bytes(files.onnx.read_bytes())
+    run = tmp_path / "run"
+    shutil.copytree(files.run, run)
+    for path in (locked, run / "manifest.json"):
+        path.chmod(0)
+    for argv, says in ((["profile", str(locked), "--backend", "cpu", "-o", str(tmp_path / "p")], "cannot be read"),
+                       (["quantize", str(run), "--backend", "cpu", "-o", str(tmp_path / "q")], "cannot read")):
+        proc = subprocess.run([*prefix, "vmlp-deploy", *argv], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -29,7 +29,7 @@ from .errors import UserError, ValidationError
 from .model import LoadedModel
 from .onnx_io import cpu_session, op_histogram, save
 from .passes import optimize_model
-from .targets import TARGETS
+from .targets import DEFAULT_TARGET, TARGETS
 from .progress import Progress, Quiet, TimedSteps
 from .records import MANIFEST_FORMAT, Artifacts, ExportStage, ModelInfo, RunManifest, environment
 from .rundir import WRITE_ERRORS, peak_rss_mb, sha256_file, staged_dir, write_manifest
@@ -66,6 +66,9 @@ class ExportOptions:
             )
         if self.target not in TARGETS:
             raise UserError(f"unknown --target {self.target!r}: use one of {', '.join(TARGETS)}")
+        if not self.rewrite and self.target != DEFAULT_TARGET:
+            raise UserError(f"--target {self.target} lays out the rewritten graph, and --no-rewrite keeps the naive "
+                            "one: drop one of them")
         if self.batch < 1:
             raise UserError(f"--batch must be at least 1, got {self.batch}")
         if self.tolerance.atol < 0 or self.tolerance.rtol < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -43,6 +44,8 @@ def load_checked(path: Path, *, load_external_data: bool = True) -> onnx.ModelPr
         raise UserError(f"{path} does not exist: pass an .onnx file or a run directory from `vmlp-deploy export`")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty (0 bytes): re-export the model or copy it again")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{path} cannot be read (permission denied): fix its permissions")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError and friends on a corrupt or truncated file

@@ -154,6 +154,8 @@ def load_manifest(run_dir: Path) -> RunManifest:
         raise UserError(f"{run_dir} has no {MANIFEST}: pass a directory written by `vmlp-deploy export`")
     try:
         data = json.loads(path.read_text())
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}: fix its permissions") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
         raise UserError(f"{path} is not valid JSON ({why}): re-run the export") from None

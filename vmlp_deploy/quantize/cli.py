@@ -15,7 +15,7 @@ from ..cpu import TARGET_NAMES, targets_help
 from ..errors import UserError
 from ..runs import latest_float_run
 from .base import missing_modules
-from .options import LAYOUTS, METHODS, MODEL_TYPES, QuantizeOptions, RecipeOverrides
+from .options import LAYOUTS, METHODS, MODEL_TYPES, PERCENTILE, QuantizeOptions, RecipeOverrides
 from .registry import QUANTIZERS, default_quantizers
 from .scheme import SCHEME_NAMES
 
@@ -86,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     method = p.add_argument_group("quantization")
     method.add_argument("--method", choices=METHODS, default="minmax",
                         help="activation ranges: minmax (global, default), entropy (cpu/tensorrt), percentile")
-    method.add_argument("--percentile", type=float, default=99.999,
+    method.add_argument("--percentile", type=float, default=PERCENTILE,
                         help="percentile for --method percentile (default 99.999)")
     method.add_argument("--keep-float", type=_names, default=(), metavar="auto|NAMES",
                         help="leave layers in float: 'auto' keeps the most sensitive until --min-agreement is met, "

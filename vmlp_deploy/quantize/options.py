@@ -18,6 +18,8 @@ Method = Literal["minmax", "entropy", "percentile"]
 ModelTypeChoice = Literal["auto", "transformer", "cnn"]
 
 METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+#: The default --percentile (of --method percentile): ORT's own default, 99.999.
+PERCENTILE = 99.999
 MODEL_TYPES: tuple[str, ...] = ("auto", "transformer", "cnn")
 AUTO = "auto"
 AS_GIVEN = "as-given"
@@ -56,7 +58,7 @@ class QuantizeOptions:
     holdout: int = 50
     seed: int = 0
     method: Method = "minmax"
-    percentile: float = 99.999
+    percentile: float = PERCENTILE
     keep_float: tuple[str, ...] = ()
     min_agreement: float = 0.99
     sensitivity_rounds: int = 8
@@ -96,6 +98,9 @@ class QuantizeOptions:
             raise UserError(f"--holdout must be at least 1 (fidelity is measured on held-out samples), got {self.holdout}")
         if not 0.0 < self.percentile <= 100.0:
             raise UserError(f"--percentile must be in (0, 100], got {self.percentile}")
+        if self.percentile != PERCENTILE and self.method != "percentile":
+            raise UserError(f"--percentile applies to --method percentile only (this is --method {self.method}): "
+                            "add --method percentile or drop --percentile")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise UserError(f"--min-agreement is a fraction in [0, 1], got {self.min_agreement}")
         if self.sensitivity_rounds < 1:
