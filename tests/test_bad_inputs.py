@@ -477,3 +477,43 @@ def test_unreadable_model_and_manifest(files: Files, tmp_path: Path) -> None:
                        (["quantize", str(run), "--backend", "cpu", "-o", str(tmp_path / "q")], "cannot read")):
         proc = subprocess.run([*prefix, "vmlp-deploy", *argv], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("raised", "code", "says"), [
+    (PermissionError(13, "Permission denied", "out"), 1, "internal error: PermissionError"),
+    (OSError(28, "No space left on device", "out/x"), 2, "error: cannot write (out/x): No space left on device"),
+])
+def test_os_errors_that_escape_a_stage(raised: OSError, code: int, says: str, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A full disk is the machine's (exit 2, one line); any other OSError that escapes is a bug (exit 1, where to
+    report it), never a bare traceback."""
+    def broken(family: str | None) -> list[dict[str, object]]:
+        raise raised
+
+    monkeypatch.setattr("vmlp_deploy.zoo_table.zoo_rows", broken)
+    got, _, err = _run(["models"], capsys)
+    assert got == code and says in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("shell", ["vmlp-deploy models >&- 2>&-", "PYTHONIOENCODING=ascii vmlp-deploy models",
+                                   "vmlp-deploy runs > /dev/full"])
+def test_odd_output_streams(shell: str, tmp_path: Path) -> None:
+    """Closed streams and an ASCII-only terminal print what they can; a full stdout is one line, exit 2."""
+    proc = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    full = "/dev/full" in shell
+    assert proc.returncode == (2 if full else 0), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and ("No space left" in proc.stderr) == full
+
+
+def test_full_scratch_folder_is_named(files: Files, small_tmpfs: Path, work: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A full TMPDIR is not a full -o: the error says which to free or move."""
+    import tempfile
+
+    (small_tmpfs / "filler").write_bytes(b"\0" * 60_000)
+    monkeypatch.setattr(tempfile, "tempdir", str(small_tmpfs))
+    code, out, err = _run(_argv(Case("q", Q, 2, ""), files, work), capsys)
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in out + err, (out[-2000:], err[-2000:])
+    assert "scratch" in errors[0] and "TMPDIR" in errors[0], errors[0]
+    assert not (work / "out").exists() and not _leftovers(work)

@@ -111,8 +111,8 @@ def test_histogram_calibration_in_memory_bounded_chunks(method: str, s2_run: Pat
     """Histogram calibrators hold whole tensors: a tiny budget forces several chunks, whose histograms merge."""
     monkeypatch.setattr("vmlp_deploy.quantize.ort_static.HISTOGRAM_CHUNK_BYTES", 1)
     result = quantize_run(s2_run, QuantizeOptions(backend="cpu", output=tmp_path / method, num_samples=24, holdout=8,
-                                                  layout="as-given",
-                                                  method=method, percentile=99.9))
+                                                  layout="as-given", method=method,
+                                                  **({"percentile": 99.9} if method == "percentile" else {})))
     settings = result.settings
     assert settings["calibration_method"] == method and settings["calibration_chunk_batches"] == 1
     assert settings["calibration_batches"] == 24 and result.fidelity.logits.sqnr_db > 10

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -28,7 +29,8 @@ from .models import UnknownModelError, get_variant
 #: Piped or captured output (CI logs, `| tee`) gets 120 columns instead of rich's 80, so tables do not wrap.
 _WIDTH = None if sys.stdout is not None and sys.stdout.isatty() else 120
 console = Console(stderr=False, highlight=False, width=_WIDTH)
-err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
+err_console = Console(stderr=True, highlight=False,
+                      width=None if sys.stderr is not None and sys.stderr.isatty() else 120)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -303,9 +305,11 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 
 def _tolerant_streams() -> None:
     """Output never fails on the terminal's encoding (``PYTHONIOENCODING=ascii``: ✓ and ← become ?), and a
-    closed stdout (``>&-``) swallows output instead of failing on the first print."""
+    closed stdout or stderr (``>&-``, ``2>&-``) swallows output instead of failing on the first print."""
     if sys.stdout is None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     for stream in (sys.stdout, sys.stderr):
         if stream is not None and hasattr(stream, "reconfigure"):
             with contextlib.suppress(ValueError, OSError):
@@ -346,16 +350,16 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except OSError as e:
-        if e.errno not in WRITE_ERRORS or args.debug:
-            raise
-        where = f" ({e.filename})" if e.filename else ""
-        err_console.print(f"[red]error:[/red] cannot write{where}: {os.strerror(e.errno)}: free space, or point -o "
-                          "(or TMPDIR, for scratch files) elsewhere; nothing was written", soft_wrap=True)
-        return 2
-    except Exception as e:  # an internal bug: say so, where to report it and with which facts
+    except Exception as e:
         if args.debug:
             raise
+        if isinstance(e, OSError) and e.errno in WRITE_ERRORS:  # the machine's, not a bug
+            where = f" ({e.filename})" if e.filename else ""
+            fix = "point" if e.errno == errno.EROFS else "free space, or point"
+            err_console.print(f"[red]error:[/red] cannot write{where}: {os.strerror(e.errno)}: {fix} -o (or TMPDIR, "
+                              "for scratch files) elsewhere; nothing was written", soft_wrap=True)
+            return 2
+        # an internal bug: say so, where to report it and with which facts
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         err_console.print(f"[red]internal error:[/red] {type(e).__name__}: {escape(first)}", soft_wrap=True)
         err_console.print(f"  this is a bug in vmlp-deploy: please report it to {REPORT_TO} with the traceback "

@@ -244,8 +244,9 @@ def _export(lm: LoadedModel, tmp: Path, opt: ExportOptions) -> tuple[_Graph, lis
         export_warnings = _torch_export(lm, raw_path, opt)
     except OSError as e:
         if e.errno not in WRITE_ERRORS:
-            raise UserError(f"torch.onnx export failed (OSError: {e.strerror}): check {tmp}") from None
-        raise OSError(e.errno, e.strerror, str(raw_path)) from None  # the disk's fault (staged_dir says so)
+            where = f" {e.filename}" if e.filename else ""
+            raise UserError(f"torch.onnx export failed (OSError: {e.strerror}{where})") from None
+        raise OSError(e.errno, e.strerror, e.filename or str(raw_path)) from None  # the disk's (staged_dir says so)
     except Exception as e:  # the exporters raise many unrelated types; name the failure in one line
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise UserError(f"torch.onnx export failed ({type(e).__name__}: {msg}): try --exporter "

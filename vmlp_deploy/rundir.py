@@ -90,13 +90,18 @@ def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
             _discard(tmp, [])
             raise UserError(f"output directory {out} was written by another run meanwhile: pass --overwrite or "
                             "choose another -o (nothing was written)")
-        if out.exists():
-            backup = parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(backup)
-            tmp.rename(out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        try:
+            if out.exists():
+                backup = parent / f".{out.name}.old-{os.getpid()}"
+                out.rename(backup)
+                tmp.rename(out)
+                shutil.rmtree(backup, ignore_errors=True)
+            else:
+                tmp.rename(out)
+        except OSError as e:  # another run made ``out`` between the check and the rename
+            _discard(tmp, [])
+            raise UserError(f"cannot put the run in place at {out} ({e.strerror}): another run wrote it meanwhile? "
+                            "choose another -o (nothing was written)") from None
 
 
 def _discard(tmp: Path, created: list[Path]) -> None:

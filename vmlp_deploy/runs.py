@@ -93,7 +93,7 @@ def _profile_records(path: Path) -> list[ProfileRecord]:
     """A profile run's records, or none where ``profile.json`` is missing or unreadable."""
     try:
         return [ProfileRecord.from_dict(r) for r in json.loads((path / "profile.json").read_text())["records"]]
-    except (OSError, KeyError, TypeError, AttributeError, json.JSONDecodeError):
+    except (OSError, KeyError, TypeError, AttributeError, ValueError):  # JSONDecodeError is a ValueError
         return []
 
 

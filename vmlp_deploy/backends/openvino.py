@@ -70,12 +70,13 @@ def read_model(core: Any, model: Path) -> Any:
 
 
 def ov_reason(e: Exception) -> str:
-    """The line of an OpenVINO exception that says what went wrong: its message opens with the C++ places it
-    passed through ("Exception from src/...:84:", "Check 'false' failed at ..."), which say nothing to a user."""
+    """The lines of an OpenVINO exception that say what went wrong (the last two: the cause and the op): its
+    message opens with the C++ places it passed through ("Exception from src/...:84:", "Check 'false' failed
+    at ..."), which say nothing to a user."""
     noise = ("Exception from ", "Check '", "FrontEnd API failed", "Summary:", "Model wasn't fully converted")
     lines = [line.strip(" -") for line in str(e).splitlines() if line.strip()]
     said = [line for line in lines if not line.startswith(noise)]
-    return (said or lines or [type(e).__name__])[-1][:300]
+    return "; ".join((said or lines or [type(e).__name__])[-2:])[:300]
 
 
 class OvSession:

@@ -208,7 +208,7 @@ def latency_chart(records: Sequence[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(len(batches), 1, figsize=(max(7.5, 3.6 + 1.6 * len(models) * max(len(series), 2) / 2),
                                                         3.6 * len(batches)), squeeze=False)
     colors = plt.get_cmap("tab10")
-    only_latency = any(r["mode"] != "latency" and r["latency_ms"] for r in records)
+    only_latency = all(r["mode"] == "latency" for r in rows) and any(r["mode"] != "latency" for r in records)
     for ax, batch in zip(axes[:, 0], batches, strict=True):
         slots = {m: present(m, batch) for m in models}
         for j, name in enumerate(series):

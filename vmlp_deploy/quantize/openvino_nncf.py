@@ -201,8 +201,8 @@ _IR_ROOM = 64 << 20
 
 
 def run_child(job: NncfJob, work: Path) -> None:
-    """Run ``job`` in a child Python and wait; NNCF's refusal is one line (exit 2), its peak memory is counted
-    with the stage's children. Interrupted here, ``subprocess.run`` kills the child before unwinding."""
+    """Run ``job`` in a child Python and wait; NNCF's refusal becomes one line (a ``UserError``), its peak memory
+    is counted with the stage's children. Interrupted here, ``subprocess.run`` kills the child before unwinding."""
     spec = work / "nncf-job.json"
     spec.write_text(json.dumps(asdict(job)))
     result = work / "nncf-result.json"
@@ -217,9 +217,9 @@ def run_child(job: NncfJob, work: Path) -> None:
     if outcome.get("refused"):
         raise UserError(f"NNCF refused the model ({outcome['refused']}): try --model-type cnn")
     if done.returncode != 0 or not outcome.get("ok"):
-        out_dir = Path(job.out_xml).parent
-        if shutil.disk_usage(out_dir).free < _IR_ROOM or shutil.disk_usage(work).free < _IR_ROOM:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_dir))  # OpenVINO says "iostream error"
+        full = next((d for d in (Path(job.out_xml).parent, work) if shutil.disk_usage(d).free < _IR_ROOM), None)
+        if full is not None:  # OpenVINO reports a full disk as "iostream error": name the folder that is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(full))
         last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         raise RuntimeError(f"NNCF's quantize failed in its child process: {last}")
 
