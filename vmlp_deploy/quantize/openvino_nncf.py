@@ -207,8 +207,8 @@ def run_child(job: NncfJob, work: Path) -> None:
     spec.write_text(json.dumps(asdict(job)))
     result = work / "nncf-result.json"
     result.unlink(missing_ok=True)
-    done = subprocess.run([sys.executable, "-P", "-m", __name__, str(spec), str(result)], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run([sys.executable, "-P", "-m", __name__, str(spec), str(result), str(os.getpid())],
+                          capture_output=True, text=True, check=False)
     if done.returncode < 0 and -done.returncode in (signal.SIGINT, signal.SIGTERM):
         raise KeyboardInterrupt
     outcome = json.loads(result.read_text()) if result.is_file() else {}
@@ -275,7 +275,18 @@ def _quantize_in_child(job: NncfJob) -> dict[str, Any]:
     return {"ok": True}
 
 
+def _end_with_parent(parent: int) -> None:
+    """SIGTERM this child when the parent dies (Linux), so a killed ``quantize`` leaves no NNCF run behind."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before prctl took effect
+        sys.exit(1)
+
+
 if __name__ == "__main__":
+    _end_with_parent(int(sys.argv[3]))
     job_file, result_file = (Path(a) for a in sys.argv[1:3])
     outcome = _quantize_in_child(NncfJob(**json.loads(job_file.read_text())))
     outcome["peak_rss_mb"] = process_peak_rss_mb()
