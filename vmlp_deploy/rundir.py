@@ -40,7 +40,8 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         raise UserError(f"-o {out} is the current directory or holds it: choose a new folder for the run")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise UserError(f"output directory {out} already exists: pass --overwrite or choose another -o")
+            raise UserError(f"output directory {out} already exists{_holds(out)}: pass --overwrite or choose "
+                            "another -o")
         if not (out / MANIFEST).is_file():
             raise UserError(f"--overwrite replaces only a vmlp-deploy run directory (one with {MANIFEST}), and "
                             f"{out} holds other files: choose another -o")
@@ -50,6 +51,19 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         probe = probe.parent
     if not os.access(probe, os.W_OK):
         raise UserError(f"cannot write to {probe}: choose an output directory you can write to")
+
+
+def _holds(run_dir: Path) -> str:
+    """`` (the tiny s2mlpv2_small export)``: what an existing run directory holds, so that a refusal to replace it
+    says what would be lost (a tiny export sits where the full one goes by default)."""
+    try:
+        manifest = RunManifest.from_json(json.loads((run_dir / MANIFEST).read_text()))
+        stage = [s for s in ("profile", "quantize", "optimize", "export") if getattr(manifest, s) is not None][0]
+    except (OSError, ValueError, ManifestError, IndexError):
+        return ""
+    model = manifest.model
+    name = f"{'the tiny ' if model and model.tiny else ''}{model.name if model and model.name else 'a'}"
+    return f" ({name} {stage} run)"
 
 
 @contextmanager
