@@ -125,3 +125,11 @@ def test_export_target_is_checked_and_stored(cli, tmp_path: Path) -> None:
     code, _, _ = cli("export", "--model", "s2mlpv2_small", "--tiny", "--target", "openvino", "-o", tmp_path / "ov")
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "ov" / "model.onnx")).metadata_props}
     assert code == 0 and meta["vmlp.target"] == "openvino" and "channels-first" in json.loads(meta["vmlp.passes"])
+
+
+def test_optimize_says_a_dynamic_batch_is_why_nothing_was_rewritten(cli, tmp_path: Path) -> None:
+    code, _, _ = cli("export", "--model", "s2mlpv2", "--tiny", "--dynamic-batch", "-o", tmp_path / "dyn")
+    assert code == 0
+    code, stdout, _ = cli("optimize", tmp_path / "dyn", "-o", tmp_path / "o")
+    assert code == 0 and "no shift idiom found" in stdout
+    assert "symbolic dimensions" in stdout and "--batch N" in stdout

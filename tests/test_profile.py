@@ -110,6 +110,7 @@ def test_end_to_end_fields_units_and_precisions(cli: Cli, run_dir: Path, qdq_mod
     assert sorted(json.loads((out / "manifest.json").read_text())["artifacts"].values()) == sorted(
         ["profile.json", "profile.md", *charts])
     assert "median" in stdout and "profile.json" in stdout
+    assert not any("several batch sizes" in w for w in load_profile(out)["warnings"]), "run directories run as given"
 
     records = doc["records"]
     bf16 = cpu.host().isa.bf16  # OpenVINO runs bf16 only where the CPU has it; elsewhere bf16 is the f32 run
@@ -430,3 +431,15 @@ def test_statistics_and_layer_aggregation() -> None:
     assert [r.name for r in b.by_op_type] == ["ScatterND", "MatMul"] and [r.name for r in b.by_node] == ["shift", "mm1"]
     assert b.kernel_precisions == {"bf16": 100.0}
     assert (category("Subgraph"), category("GroupConvolution"), category("Unknown")) == ("elementwise", "conv", "other")
+
+
+def test_zoo_name_at_several_batch_sizes_says_it_ran_the_naive_graph(cli: Cli, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a user: the note was printed only when the export was made, not when it came from the cache."""
+    monkeypatch.setenv("VMLP_DEPLOY_CACHE", str(tmp_path / "cache"))
+    for run in ("first", "cached"):
+        code, _, err = cli("profile", "s2mlpv2", "--tiny", "--batch", "1,2", "--backend", "cpu", "-n", "3",
+                           "--no-peak", "--layer-runs", "0", "--no-charts", "-o", tmp_path / run)
+        assert code == 0, err
+        assert any("ran their naive graph" in w for w in load_profile(tmp_path / run)["warnings"]), run
+        assert "ran their naive graph" in (tmp_path / run / "profile.md").read_text()

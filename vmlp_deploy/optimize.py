@@ -68,10 +68,26 @@ def optimize_file(
             result = optimize_model(model, verify=verify, seed=seed, target=target)
         for line in result.summary_lines():
             progress.note(line)
+        dynamic = _dynamic_inputs(model)
+        if not result.patterns and dynamic:
+            progress.note(f"the input has symbolic dimensions ({dynamic}) and the rewrite needs static shapes: "
+                          "re-export with a fixed batch (`vmlp-deploy export --batch N`, the default is 1)")
         external = save(result.model, tmp / "model.onnx")
         record = _manifest(manifest or _bare_manifest(path, model), path, result, external)
         write_manifest(tmp, record)
     return OptimizeRun(out_dir, out_dir / "model.onnx", result, record)
+
+
+def _dynamic_inputs(model: onnx.ModelProto) -> str:
+    """``input: [batch, 3, 224, 224]`` for every graph input with a symbolic dimension, or ''."""
+    initializers = {t.name for t in model.graph.initializer}
+    found = []
+    for value in model.graph.input:
+        dims = [d.dim_param or "?" if not d.HasField("dim_value") else d.dim_value
+                for d in value.type.tensor_type.shape.dim]
+        if value.name not in initializers and any(isinstance(d, str) for d in dims):
+            found.append(f"{value.name}: {dims}")
+    return "; ".join(found)
 
 
 def _bare_manifest(path: Path, model: onnx.ModelProto) -> RunManifest:

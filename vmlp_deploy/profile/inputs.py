@@ -76,10 +76,13 @@ def _export_zoo(name: str, tiny: bool, batch: int | None, progress: Progress, ta
                    else ExportOptions(batch=batch, target=target))
         with progress.step(f"Exporting {name}{' (tiny)' if tiny else ''} (--target {target}) into the cache {out}"):
             export_model(load_model(name, tiny=tiny), out, options, overwrite=True)
-        if batch is None:
-            progress.note("several batch sizes need a dynamic-batch export, which the shift rewrite leaves "
-                          "naive (it needs static shapes): profile one batch size at a time for rewritten graphs")
     return out
+
+
+#: Why a zoo name profiled at several batch sizes runs the naive graph (a warning of every such run).
+NAIVE_DYNAMIC_BATCH = ("several batch sizes need a dynamic-batch export, which the shift rewrite leaves naive (it "
+                       "needs static shapes), so zoo names ran their naive graph: profile one batch size at a time "
+                       "for rewritten graphs")
 
 
 def zoo_complexity(name: str, tiny: bool, input_size: Sequence[int] | None = None,

@@ -118,7 +118,8 @@ def markdown(doc: dict[str, Any]) -> str:
         *_cpu_lines(doc),
         "## Results",
         "",
-        "Latency in ms per inference (one batch). GOPS = 2 x MACs / median latency (latency mode) or x throughput "
+        "Latency in ms per inference (one batch). img/s = batch x 1000 / mean latency (what a stream of inferences "
+        "sustains, outliers included). GOPS = 2 x MACs / median latency (latency mode) or x throughput "
         "(throughput mode). % probe: against the best probe kernel of the same backend and precision, measured in "
         "this run at its best run (a peak, where a model's rate uses its median), or a model that beat every probe; "
         "% ceiling: against the ISA's theoretical ceiling (below).",

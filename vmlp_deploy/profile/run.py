@@ -29,7 +29,7 @@ from ..records import ProfileRecord, host_environment
 from ..rundir import check_output_dir, staged_dir
 from ..targets import DEFAULT_TARGET
 from .ceiling import Clock, Rate, ceiling_dict, ceilings, host_clock
-from .inputs import ModelInput, resolve_inputs
+from .inputs import NAIVE_DYNAMIC_BATCH, ModelInput, resolve_inputs
 from .layers import aggregate
 from .measure import MODES, MeasurePlan, Probe, Samples, latency_stats, measure, spread, throughput
 from .peak import DEFAULT_SIZE, KINDS, Peak, measure_probe
@@ -82,8 +82,10 @@ class ProfileOptions:
                 raise UserError(f"{name} must be at least 1, got {value}")
         if self.input_shape is not None and min(self.input_shape) < 1:
             raise UserError(f"--input-shape dimensions must be positive, got {list(self.input_shape)}")
-        if self.layer_runs < 0 or self.top < 1:
-            raise UserError("--layer-runs must be zero or more and --top at least 1")
+        if self.layer_runs < 0:
+            raise UserError(f"--layer-runs must be zero or more, got {self.layer_runs}")
+        if self.top < 1:
+            raise UserError(f"--top must be at least 1, got {self.top}")
         if self.peak_size < 16:
             raise UserError(f"--peak-size must be at least 16, got {self.peak_size}")
         if not 0 < self.spread_threshold < 10:
@@ -333,6 +335,8 @@ def profile_models(
     host, target = cpu.host(), cpu.resolve_target(options.target_cpu)
     stands = cpu.host_stands_for(target)
     warnings: list[str] = [] if stands else [_target_warning(configs, target, host)]
+    if len(options.batches or ()) > 1 and any(m.kind == "zoo" for m in models):
+        warnings.append(NAIVE_DYNAMIC_BATCH)
     peaks = _probe_peaks(configs, options, progress) if options.peak else {}
     feeds = _feeds(configs, options.seed)
     samples, described, load_s = _measure_interleaved(configs, feeds, options, progress, on_measure)
