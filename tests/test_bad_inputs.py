@@ -322,6 +322,9 @@ CASES = [
     Case("no-rewrite-with-a-target", "export --model s2mlpv2_small --tiny --no-rewrite --target openvino -o {out}", 2,
          r"--target openvino.*--no-rewrite"),
     Case("percentile-without-its-method", Q + " --percentile 50", 2, r"--percentile applies to --method percentile"),
+    Case("streams-in-latency-mode", "profile {onnx} --backend cpu --streams 4 -o {out}", 2,
+         r"--streams .*--mode throughput"),
+    Case("runs-root-is-a-file", "runs --root {a_file}", 2, r"a_file is a file", output="-"),
     Case("negative-seed", "export --model s2mlpv2_small --tiny --seed -1 -o {out}", 2, r"seed"),
     Case("huge-seed", "quantize {run} --backend cpu --seed 99999999999999999999 -o {out}", 2, r"seed"),
     # manifests

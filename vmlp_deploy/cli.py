@@ -183,6 +183,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 def _cmd_runs(args: argparse.Namespace) -> int:
     from .runs import age, list_runs
 
+    if args.root.exists() and not args.root.is_dir():
+        raise UserError(f"--root {args.root} is a file: pass the folder the runs are in (default out/)")
     runs = list_runs(args.root)
     if args.json:
         console.print_json(json.dumps([r.to_dict() for r in runs]))

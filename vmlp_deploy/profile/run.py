@@ -80,6 +80,9 @@ class ProfileOptions:
         for name, value in (("--threads", self.threads), ("--streams", self.streams)):
             if value is not None and value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
+        if self.streams is not None and "throughput" not in self.modes:
+            raise UserError("--streams sets the parallel requests of --mode throughput (latency runs one): add "
+                            "--mode throughput or both, or drop --streams")
         if self.input_shape is not None and min(self.input_shape) < 1:
             raise UserError(f"--input-shape dimensions must be positive, got {list(self.input_shape)}")
         if self.layer_runs < 0:
