@@ -115,12 +115,8 @@ def deploy(opt: DeployOptions, progress: Progress | None = None) -> DeployResult
         *most, last = QUANTIZERS
         raise UserError(f"--backend names no backend: use {', '.join(most)} and/or {last}")
     opt.profile.check()
-    for backend in opt.backends:  # every refusal before the export is spent
+    for backend in opt.backends:  # every refusal before the export is spent (data folders too)
         replace(opt.quantize, backend=backend).check()
-    q = opt.quantize
-    for flag, folder in (("--calibration-data", q.calibration_data), ("--eval-data", q.eval_data)):
-        if folder is not None and not folder.exists():
-            raise UserError(f"{flag} {folder} does not exist: point it at a folder of your images")
     profile_backends = _profile_backends(opt.backends)
     require_backends(profile_backends)
     reused: list[str] = []

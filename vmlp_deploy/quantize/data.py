@@ -109,14 +109,22 @@ class BatchReader:
         return {self.input_name: self.samples[i * self.batch : (i + 1) * self.batch]}
 
 
+def require_data_root(root: Path) -> None:
+    """``--calibration-data`` names something that exists (checked with the options, before any work)."""
+    if not root.exists():
+        raise UserError(f"calibration data {root} does not exist: pass a directory of images or .npy/.npz files")
+
+
 def _candidate_files(root: Path) -> list[Path]:
     suffixes = IMAGE_SUFFIXES + TENSOR_SUFFIXES
+    require_data_root(root)
     if root.is_file():
         if root.suffix.lower() not in suffixes:
             raise UserError(f"{root} is neither an image nor a .npy/.npz tensor file")
         return [root]
     if not root.is_dir():
-        raise UserError(f"calibration data {root} does not exist: pass a directory of images or .npy/.npz files")
+        raise UserError(f"calibration data {root} is neither a directory nor a file: pass a directory of images "
+                        "or .npy/.npz files")
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
@@ -283,10 +291,15 @@ class ImageFolder:
     classes: list[str]
     files: list[tuple[Path, int]]
 
-    @classmethod
-    def open(cls, root: Path, num_classes: int | None) -> ImageFolder:
+    @staticmethod
+    def require_root(root: Path) -> None:
+        """``--eval-data`` is a directory (checked with the options, before any work)."""
         if not root.is_dir():
             raise UserError(f"--eval-data {root} is not a directory: pass an ImageFolder (one folder per class)")
+
+    @classmethod
+    def open(cls, root: Path, num_classes: int | None) -> ImageFolder:
+        cls.require_root(root)
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
             raise UserError(f"--eval-data {root} has no class folders: use one sub-directory of images per class")

@@ -83,6 +83,7 @@ class QuantizeOptions:
     def check(self) -> None:
         """Reject impossible settings before any work starts (the CLI's choices catch most of these too); what
         each backend accepts is its quantizer's to say."""
+        from .data import ImageFolder, require_data_root
         from .registry import QUANTIZERS  # the quantizers are built on these options
 
         if self.backend not in QUANTIZERS:
@@ -126,6 +127,10 @@ class QuantizeOptions:
             raise UserError(f"--max-drop is in top-1 points, 0..100, got {self.max_drop}")
         if not 0.0 <= self.gate_agreement <= 1.0:
             raise UserError(f"--gate-agreement is a fraction in [0, 1], got {self.gate_agreement}")
+        if self.calibration_data is not None:
+            require_data_root(self.calibration_data)
+        if self.eval_data is not None:
+            ImageFolder.require_root(self.eval_data)
         if self.layout not in LAYOUTS:
             raise UserError(f"unknown --layout {self.layout!r}: use one of {', '.join(LAYOUTS)}")
         if self.layout == CHANNELS_FIRST and not quantizer.layout_rule.relayouts:
