@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 _WRAPPERS = ("state_dict", "model", "model_ema", "state_dict_ema", "module")
 _SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
@@ -39,9 +39,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"cannot read checkpoint {path} ({first[:160]}): expected a PyTorch state_dict saved with torch.save"
+            f"cannot read checkpoint {path} ({first_line(e, 160)}): expected a PyTorch state_dict saved with torch.save"
         ) from None
     for _ in range(3):
         if isinstance(obj, dict) and not _is_flat_tensor_dict(obj):

@@ -30,3 +30,10 @@ class BackendUnavailableError(UserError):
     """A backend's library is missing or fails to load here: not the input's fault, so its own exit code 5."""
 
     exit_code = 5
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's first line (at most ``limit`` characters), or its type's name when it says nothing: the
+    part of a library's multi-line failure that fits in one ``error:`` line."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]

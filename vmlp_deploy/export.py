@@ -25,7 +25,7 @@ import torch
 
 from . import __version__
 from .embedded_images import embedded_batch
-from .errors import UserError, ValidationError
+from .errors import UserError, ValidationError, first_line
 from .model import LoadedModel
 from .onnx_io import cpu_session, op_histogram, save
 from .passes import optimize_model
@@ -248,8 +248,7 @@ def _export(lm: LoadedModel, tmp: Path, opt: ExportOptions) -> tuple[_Graph, lis
             raise UserError(f"torch.onnx export failed (OSError: {e.strerror}{where})") from None
         raise OSError(e.errno, e.strerror, e.filename or str(raw_path)) from None  # the disk's (staged_dir says so)
     except Exception as e:  # the exporters raise many unrelated types; name the failure in one line
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise UserError(f"torch.onnx export failed ({type(e).__name__}: {msg}): try --exporter "
+        raise UserError(f"torch.onnx export failed ({type(e).__name__}: {first_line(e)}): try --exporter "
                         f"{'dynamo' if opt.exporter == 'torchscript' else 'torchscript'}") from None
     model = onnx.load(str(raw_path))
     raw_path.unlink()

@@ -93,7 +93,7 @@ def _dynamic_inputs(model: onnx.ModelProto) -> str:
 def _bare_manifest(path: Path, model: onnx.ModelProto) -> RunManifest:
     """The manifest an ONNX model without a run directory starts with: its name and origin, and what its
     ``vmlp.*`` metadata says (model, random weights, preprocessing) when `export` wrote it."""
-    info, preprocessing = metadata_model(path, {p.key: p.value for p in model.metadata_props})
+    info, preprocessing = metadata_model(path, model)
     return RunManifest.from_json({"format": MANIFEST_FORMAT, "model": {**info, "source": str(path.resolve())},
                                   "preprocessing": preprocessing, "stages": {}})
 

@@ -18,10 +18,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 from .records import Artifacts, ManifestError, RunManifest
+
+if TYPE_CHECKING:
+    import onnx
 
 MANIFEST = "manifest.json"
 #: Errors writing a run that are the machine's, not a bug: a full disk or quota, a read-only file system.
@@ -54,16 +57,15 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
 
 
 def _holds(run_dir: Path) -> str:
-    """`` (the tiny s2mlpv2_small export)``: what an existing run directory holds, so that a refusal to replace it
-    says what would be lost (a tiny export sits where the full one goes by default)."""
-    try:
-        manifest = RunManifest.from_json(json.loads((run_dir / MANIFEST).read_text()))
-        stage = [s for s in ("profile", "quantize", "optimize", "export") if getattr(manifest, s) is not None][0]
-    except (OSError, ValueError, ManifestError, IndexError):
+    """`` (the tiny s2mlpv2_small export run)``: what an existing run directory holds, as `runs` lists it, so that
+    a refusal to replace it says what would be lost (a tiny export sits where the full one goes by default)."""
+    from .runs import read_run  # runs reads run directories through this module
+
+    info = read_run(run_dir)
+    if info is None:
         return ""
-    model = manifest.model
-    name = f"{'the tiny ' if model and model.tiny else ''}{model.name if model and model.name else 'a'}"
-    return f" ({name} {stage} run)"
+    tiny = "the tiny " if info.record.model and info.record.model.tiny else ""
+    return f" ({tiny}{info.model} {info.stage} run)"
 
 
 @contextmanager
@@ -207,10 +209,11 @@ def manifest_beside(model_path: Path) -> RunManifest | None:
     return manifest if manifest.artifacts and manifest.artifacts.onnx == model_path.name else None
 
 
-def metadata_model(path: Path, metadata: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def metadata_model(path: Path, onnx_model: onnx.ModelProto) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The manifest's ``model`` and ``preprocessing`` for a bare .onnx file, from the ``vmlp.*`` metadata_props
     that `export` writes into every model (so a copied-out file still says it has random weights and how to
     preprocess); for a model from elsewhere just its name. Unreadable values are left out, never guessed."""
+    metadata = {p.key: p.value for p in onnx_model.metadata_props}
     model: dict[str, Any] = {"name": metadata.get("vmlp.variant") or path.stem}
     if "vmlp.variant" not in metadata:
         return model, None

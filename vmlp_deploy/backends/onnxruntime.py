@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..onnx_io import load_checked
 from .base import (Concurrent, HostCpuPolicy, LayerTime, RunOptions, Timer, canonical_precision, fixed_shape,
                    require_profiling)
@@ -129,8 +129,7 @@ class OrtSession:
         try:
             return ort.InferenceSession(str(self.model), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own pybind error types (Fail, InvalidGraph, NotImplemented...)
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise UserError(f"ONNX Runtime cannot load {self.model.name}: {first}") from None
+            raise UserError(f"ONNX Runtime cannot load {self.model.name}: {first_line(e)}") from None
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {self.input_name: x})

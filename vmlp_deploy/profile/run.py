@@ -23,7 +23,7 @@ import numpy as np
 from .. import cpu, isa_cap
 from ..backends import BACKENDS, RunOptions, Session, release
 from ..backends.base import PRECISION_ALIASES, canonical_precision, precision_label
-from ..errors import BackendUnavailableError, UserError
+from ..errors import BackendUnavailableError, UserError, first_line
 from ..progress import Progress, Quiet
 from ..records import ProfileRecord, host_environment
 from ..rundir import check_output_dir, staged_dir
@@ -442,8 +442,7 @@ def _refusal_is_bad_input(c: Config, run: Callable[..., T]) -> Callable[..., T]:
         except UserError:
             raise
         except Exception as e:  # each runtime raises its own types (ORT's Fail/InvalidArgument, RuntimeError)
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"{c.backend} cannot run {c.model.path} ({first[:300]}): fix or re-export the "
+            raise UserError(f"{c.backend} cannot run {c.model.path} ({first_line(e)}): fix or re-export the "
                             "model") from None
 
     return guarded

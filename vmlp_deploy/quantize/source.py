@@ -150,7 +150,7 @@ def open_source(path: Path) -> SourceModel:
 
 def _bare_manifest(onnx_path: Path, model: onnx.ModelProto) -> RunManifest:
     """A bare file's manifest: what its ``vmlp.*`` metadata says (random weights, preprocessing), or its name."""
-    info, preprocessing = metadata_model(onnx_path, {p.key: p.value for p in model.metadata_props})
+    info, preprocessing = metadata_model(onnx_path, model)
     return RunManifest.from_json({
         "format": MANIFEST_FORMAT,
         "model": {**info, "source_onnx": str(onnx_path.resolve())},

@@ -26,7 +26,7 @@ import onnx
 from .. import cpu, isa_cap
 from ..backends import BACKENDS, Loader, RunOptions, Session, release
 from ..backends.isolated import ChildMemory, child_memory
-from ..errors import FidelityGateError, UserError
+from ..errors import FidelityGateError, UserError, first_line
 from ..onnx_io import cpu_session
 from ..preprocess import Recipe
 from ..progress import Progress, Quiet, TimedSteps
@@ -221,8 +221,7 @@ def _check_float_model_runs(source: SourceModel, samples: np.ndarray) -> None:
         session = cpu_session(source.onnx_path, threads=1)
         session.run(None, {source.input_name: np.repeat(samples[:1], source.batch or 1, axis=0)})
     except Exception as e:  # onnxruntime raises its own Fail/InvalidArgument/... types, all ending here
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"ONNX Runtime cannot run {source.onnx_path} ({first[:300]}): fix or re-export the model "
+        raise UserError(f"ONNX Runtime cannot run {source.onnx_path} ({first_line(e)}): fix or re-export the model "
                         "(`python -m onnx.checker` and onnxruntime name the node)") from None
 
 
