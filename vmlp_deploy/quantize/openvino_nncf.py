@@ -207,7 +207,8 @@ def run_child(job: NncfJob, work: Path) -> None:
     spec.write_text(json.dumps(asdict(job)))
     result = work / "nncf-result.json"
     result.unlink(missing_ok=True)
-    done = subprocess.run([sys.executable, "-P", "-m", __name__, str(spec), str(result), str(os.getpid())],
+    child = f"import sys; from {__name__} import child_main; child_main(sys.argv[1:])"
+    done = subprocess.run([sys.executable, "-P", "-c", child, str(spec), str(result), str(os.getpid())],
                           capture_output=True, text=True, check=False)
     if done.returncode < 0 and -done.returncode in (signal.SIGINT, signal.SIGTERM):
         raise KeyboardInterrupt
@@ -285,9 +286,10 @@ def _end_with_parent(parent: int) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
-    _end_with_parent(int(sys.argv[3]))
-    job_file, result_file = (Path(a) for a in sys.argv[1:3])
-    outcome = _quantize_in_child(NncfJob(**json.loads(job_file.read_text())))
+def child_main(argv: list[str]) -> None:
+    """The child's entry (``run_child``): JOB.json RESULT.json PARENT_PID. Imported, not run as ``__main__``, so the
+    module is loaded once."""
+    _end_with_parent(int(argv[2]))
+    outcome = _quantize_in_child(NncfJob(**json.loads(Path(argv[0]).read_text())))
     outcome["peak_rss_mb"] = process_peak_rss_mb()
-    result_file.write_text(json.dumps(outcome))
+    Path(argv[1]).write_text(json.dumps(outcome))
