@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     host = cpu.host()
-    print(f"CPU: {host.model} ({host.isa.summary()})", file=sys.stderr)
+    print(f"CPU: {host.label}", file=sys.stderr)
     why_not = emulation_available()
     if why_not:
         print(f"no AVX2 emulation: {why_not}", file=sys.stderr)

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     host = cpu.host()
-    print(f"CPU: {host.model} ({host.isa.summary()}), {host.cores} usable cores", file=sys.stderr)
+    print(f"CPU: {host.label}, {host.cores} usable cores", file=sys.stderr)
     target = cpu.resolve_target(args.target_cpu)
     caps = isa_cap.caps_for(BACKENDS, target)
     for backend, cap in caps.items():

@@ -23,6 +23,7 @@ from vmlp_deploy.preprocess import Recipe
 from vmlp_deploy.quantize import QuantizeOptions, quantize_run
 from vmlp_deploy.quantize.fidelity import compare_logits, layer_sqnr, ort_layer_probes, run_all, sqnr_db
 from vmlp_deploy.quantize.sensitivity import search
+from vmlp_deploy.quantize.stage import SLOW_INT8_RATIO, SPEED_ROUNDS
 from vmlp_deploy.quantize.tensorrt_qdq import check_graph
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -72,7 +73,13 @@ def test_cpu_run_directory_manifest_and_report(s2_run: Path, cpu_run: Path) -> N
     assert 0 < len(f["worst_layers"]) <= 10 and f["layers_measured"] >= len(f["worst_layers"])
     assert set(q["timings_s"]) >= {"load_data", "calibrate", "quantize", "fidelity", "total"} and q["peak_rss_mb"] > 0
     assert m["preprocessing"] == _manifest(s2_run)["preprocessing"]
+    speed = q["speed"]
+    assert speed["runtime"] == "cpu" and speed["rounds"] == SPEED_ROUNDS and speed["fp32_ms"] > 0
+    assert speed["ratio"] == round(speed["int8_ms"] / speed["fp32_ms"], 3)
+    slow = [w for w in q["warnings"] if "INT8 buys a smaller model here, not speed" in w]
+    assert len(slow) == (speed["ratio"] > SLOW_INT8_RATIO), "warned exactly when INT8 is not faster here"
     report = (cpu_run / "quantize.md").read_text()
+    assert "INT8 vs FP32 latency (this host)" in report
     for heading in ("## Fidelity", "Ten worst layers", "## Calibration data", "## Settings", "## Time and memory"):
         assert heading in report
 
@@ -134,6 +141,7 @@ def test_tensorrt_graph_follows_explicit_quantization_rules(s2_run: Path, tmp_pa
     assert check is not None and check["weights_per_channel"] == check["weights_quantized"] > 0
     assert check["layernorm_inputs_quantized"] == 0
     assert _manifest(out)["stages"]["quantize"]["tensorrt_graph_check"] == check
+    assert result.speed is None and "speed" not in _manifest(out)["stages"]["quantize"], "no engine runs here"
     assert result.fidelity.logits.sqnr_db > 10, "the Q/DQ graph runs in ONNX Runtime"
     with_ln = quantize_run(s2_run, QuantizeOptions(backend="tensorrt", output=tmp_path / "ln", num_samples=24,
                                                    holdout=8, qdq_layernorm=True))

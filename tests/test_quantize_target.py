@@ -77,6 +77,11 @@ def test_isa_facts_from_cpuinfo_text() -> None:
     assert isa4.int8_dot32 and isa4.bf16 and isa4.datapath_bits == 256, "Zen 4 runs AVX-512 on 256-bit units"
     isa5, _, _ = cpu.parse_cpuinfo(zen4.replace(": 25", ": 26"), "x86_64")
     assert isa5.datapath_bits == 512
+    zen1, _, _ = cpu.parse_cpuinfo(zen3.replace(": 25", ": 23\nmodel\t\t: 1"), "x86_64")
+    assert zen1.uarch == "Zen/Zen+" and zen1.datapath_bits == 128, "Zen/Zen+ run AVX2 on 128-bit units"
+    assert cpu.ops_per_cycle(zen1, "f32")[0] == 16
+    zen2, _, _ = cpu.parse_cpuinfo(zen3.replace(": 25", ": 23\nmodel\t\t: 49"), "x86_64")
+    assert zen2.uarch == "Zen 2" and zen2.datapath_bits == 256
     arm, _, _ = cpu.parse_cpuinfo("Features\t: fp asimd asimddp\n", "aarch64")
     assert arm.int8_dot32 and not arm.u8s8_saturates and arm.summary() == "aarch64 NEON dotprod"
 

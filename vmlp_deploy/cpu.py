@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ class Isa:
     features: frozenset[str]
     vendor: str = ""
     family: int | None = None
+    model: int | None = None
 
     @property
     def x86(self) -> bool:
@@ -88,10 +89,28 @@ class Isa:
 
     @property
     def datapath_bits(self) -> int:
-        """Width each FMA unit executes per cycle: AMD Zen 4 (family 0x19) runs AVX-512 as two 256-bit halves."""
-        if self.x86 and self.avx512 and self.vendor == "AuthenticAMD" and self.family is not None and self.family < 0x1A:
+        """Width each FMA unit executes per cycle: AMD Zen 4 (family 0x19) runs AVX-512 as two 256-bit halves, and
+        Zen/Zen+ (family 0x17, models below 0x30) run AVX2 as two 128-bit halves (Zen 2 widened the units)."""
+        family = self.family if self.x86 and self.vendor == "AuthenticAMD" else None
+        if family is not None and self.avx512 and family < 0x1A:
             return 256
+        if family == 0x17 and not self.avx512 and self.model is not None and self.model < 0x30:
+            return 128
         return self.vector_bits
+
+    @property
+    def uarch(self) -> str:
+        """AMD's core generation from family/model (the model name of a virtual machine is often just "AMD
+        EPYC", which does not say which), or "" where not known."""
+        if not (self.x86 and self.vendor == "AuthenticAMD") or self.family is None or self.model is None:
+            return ""
+        if self.family == 0x17:
+            return "Zen/Zen+" if self.model < 0x30 else "Zen 2"
+        if self.family == 0x19:
+            return "Zen 4" if 0x10 <= self.model < 0x20 or 0x60 <= self.model < 0xB0 else "Zen 3"
+        if self.family == 0x1A:
+            return "Zen 5"
+        return ""
 
     def summary(self) -> str:
         """One short line, e.g. ``x86_64 AVX-512 VNNI BF16``."""
@@ -116,7 +135,8 @@ class Isa:
     def to_dict(self) -> dict[str, Any]:
         return {"arch": self.arch, "features": sorted(self.features), "summary": self.summary(),
                 "int8_dot32": self.int8_dot32, "u8s8_saturates": self.u8s8_saturates, "bf16": self.bf16,
-                "vector_bits": self.vector_bits}
+                "vector_bits": self.vector_bits, "datapath_bits": self.datapath_bits,
+                **({"uarch": self.uarch} if self.uarch else {})}
 
 
 @dataclass(frozen=True)
@@ -179,9 +199,10 @@ def parse_cpuinfo(text: str, machine: str) -> tuple[Isa, str, float | None]:
     flags = set((info.get("flags") or info.get("Features") or "").split())
     arm = machine.lower() in ("aarch64", "arm64")
     known = ARM_FEATURES if arm else X86_FEATURES
-    family = info.get("cpu family")
+    family, model = info.get("cpu family"), info.get("model")
     isa = Isa("aarch64" if arm else "x86_64", frozenset(f for f in known if f in flags),
-              vendor=info.get("vendor_id", ""), family=int(family) if family and family.isdigit() else None)
+              vendor=info.get("vendor_id", ""), family=int(family) if family and family.isdigit() else None,
+              model=int(model) if model and model.isdigit() else None)
     mhz = info.get("cpu MHz")
     try:
         nominal = float(mhz) if mhz else None
@@ -200,6 +221,11 @@ class HostCpu:
     nominal_mhz: float | None
     max_mhz: float | None
     flags_source: str = field(default="/proc/cpuinfo")
+
+    @property
+    def label(self) -> str:
+        """What benchmark tables name the CPU by, e.g. ``AMD EPYC (Zen/Zen+; x86_64 AVX2)``."""
+        return f"{self.model} ({'; '.join(p for p in (self.isa.uarch, self.isa.summary()) if p)})"
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "cores": self.cores, "nominal_mhz": self.nominal_mhz, "max_mhz": self.max_mhz,
@@ -269,7 +295,7 @@ def host() -> HostCpu:
     source = "/proc/cpuinfo"
     if seen is not None and isa.x86:
         hidden = {f for f in isa.features if f in _CPUID_BITS and f not in seen}
-        isa = Isa(isa.arch, isa.features - hidden, isa.vendor, isa.family)
+        isa = replace(isa, features=isa.features - hidden)
         source = "/proc/cpuinfo and CPUID" + (f" (CPUID hides {', '.join(sorted(hidden))})" if hidden else "")
     max_khz = (_read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") or "").strip()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

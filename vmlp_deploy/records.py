@@ -197,14 +197,17 @@ class QuantizeStage(StageRecord):
     gate: dict[str, Any] | None = None
     layout: dict[str, Any] | None = None
     saturation_prediction: dict[str, Any] | None = None
+    #: INT8 vs FP32 latency on this host, where it runs the target's kernels itself (absent elsewhere).
+    speed: dict[str, Any] | None = None
     #: How the host ran the target's integer kernels when its own are not the target's (``isa_cap``), and the
     #: peak memory of the largest child process that did.
     stand_in: dict[str, Any] | None = None
     child_peak_rss_mb: float | None = None
 
     def nullable(self) -> frozenset[str]:
-        """Every key, null for what did not apply, except those of a stand-in: written only by runs that had one."""
-        return super().nullable() - {"stand_in", "child_peak_rss_mb"}
+        """Every key, null for what did not apply, except those of a stand-in and the speed check: written only by
+        runs that had them."""
+        return super().nullable() - {"stand_in", "child_peak_rss_mb", "speed"}
 
 
 @dataclass

@@ -191,6 +191,9 @@ def print_result(console: Console, result: QuantizeResult) -> None:
     if result.target is not None and result.scheme is not None:
         table.add_row("target CPU / scheme", f"{result.target.name} ({result.target.isa.summary()}) / "
                       f"{result.scheme.scheme.name}")
+    if result.speed is not None:
+        sp = result.speed
+        table.add_row("INT8 / FP32 latency here", f"{sp.int8_ms:.1f} / {sp.fp32_ms:.1f} ms ({sp.ratio:.2f}x)")
     if result.gate is not None:
         verdict = "passed" if result.gate.passed else "FAILED (--no-gate)"
         table.add_row("fidelity gate", f"{verdict}: {result.gate.checked}" if result.gate.bound is not None

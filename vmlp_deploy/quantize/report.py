@@ -120,6 +120,10 @@ def _target_section(q: QuantizeStage) -> list[str]:
     ]
     if lay:
         rows.append(["layout", f"`{lay['layout']}` ({lay['how']}: {lay['reason']})"])
+    if q.speed:
+        sp = q.speed
+        rows.append(["INT8 vs FP32 latency (this host)", f"{sp['int8_ms']:.1f} vs {sp['fp32_ms']:.1f} ms, "
+                     f"{sp['ratio']:.2f}x ({sp['runtime']}, batch {sp['batch']}; {sp['method']})"])
     verdict = ("not gated" if g["bound"] is None else "passed" if g["passed"]
                else "**failed**, written with --no-gate")
     rows.append(["fidelity gate", f"{verdict}: {g['note']}"])

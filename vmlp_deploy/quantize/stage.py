@@ -36,7 +36,7 @@ from ._bar import bar
 from .base import Quantizer, require_modules
 from .data import DataStats, ImageFolder, SampleSet, load_directory, load_embedded
 from .fidelity import WORST_LAYERS, FidelityReport, LogitsReport, compare_logits, layer_sqnr, run_all
-from .layout import LayoutChoice, QuickQuantize, choose_layout
+from .layout import LayoutChoice, QuickQuantize, choose_layout, interleaved_medians
 from .options import QuantizeOptions
 from .registry import QUANTIZERS, quantizer_modules
 from .report import write_report
@@ -53,6 +53,10 @@ SEARCH_SAMPLES = 100
 LAYER_SAMPLES = 16
 #: Samples for the sensitivity ranking (two float passes).
 RANK_SAMPLES = 16
+#: Interleaved rounds of FP32 and INT8 for the speed check (after warm-up): an indication; `profile` measures.
+SPEED_ROUNDS = 15
+#: INT8 at more than this share of FP32's latency is worth a warning: it buys a smaller model, not speed.
+SLOW_INT8_RATIO = 0.9
 EMBEDDED_WARNING = ("no --calibration-data: calibrating on crops of the 8 embedded photographs; a few hundred "
                     "images drawn from your own data calibrate better (--calibration-data DIR)")
 
@@ -123,6 +127,27 @@ def fidelity_gate(opt: QuantizeOptions, logits: Any, accuracy: AccuracyReport | 
                       note if ok else f"{note}: {hint}")
 
 
+@dataclass(frozen=True)
+class SpeedCheck:
+    """Median FP32 (the source graph) and INT8 latency on this host's own kernels, measured side by side."""
+
+    fp32_ms: float
+    int8_ms: float
+    batch: int
+    rounds: int
+    runtime: str
+
+    @property
+    def ratio(self) -> float:
+        return self.int8_ms / self.fp32_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": round(self.ratio, 3),
+                "method": f"{self.rounds} interleaved rounds of one inference each after 3 warm-up runs, medians, "
+                          "float parts pinned to f32, ONNX Runtime spinning off; an indication, not a benchmark "
+                          "(`vmlp-deploy profile` measures at length)"}
+
+
 @dataclass
 class QuantizeResult:
     """Where the quantized model went, how it was made and how close it stays to FP32."""
@@ -147,6 +172,8 @@ class QuantizeResult:
     gate: GateResult | None = None
     #: The largest peak of a child process (a capped session of ``isa_cap``, NNCF's quantize), besides this one's.
     child_peak_rss_mb: float | None = None
+    #: INT8 vs FP32 latency on this host, where its kernels are the target's (None elsewhere).
+    speed: SpeedCheck | None = None
 
     @property
     def memory(self) -> str:
@@ -375,9 +402,10 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
                 accuracy = _accuracy(run.folder, run.recipe, fp32, int8, run.source.batch, run.progress)
         release(int8)
         gate = _apply_gate(run, fidelity.logits, accuracy, len(keep))
+        speed = _measure_speed(run, model_path, data.held_out)
         steps.seconds["total"] = round(time.perf_counter() - start, 3)
         result = _write(run, tmp, quantizer, layout, model_path, data.stats, keep, sensitivity, fidelity, accuracy,
-                        graph_check, saturation, gate, steps.seconds, stand_in, children)
+                        graph_check, saturation, gate, steps.seconds, stand_in, children, speed)
     return result
 
 
@@ -511,6 +539,28 @@ def _target_saturation(run: _Run, model_path: Path, samples: np.ndarray, work: P
             "summary": summary, "worst_layers": [w.to_dict() for w in worst[:10]]}
 
 
+def _measure_speed(run: _Run, model_path: Path, samples: np.ndarray) -> SpeedCheck | None:
+    """INT8 against the FP32 source graph on this host, where the host runs the target's kernels itself (a capped
+    stand-in keeps the host's float kernels, and TensorRT's engine is not what runs here): a CPU whose integer
+    kernels are no faster than its float ones (AMD Zen/Zen+, measured in BENCHMARKS.md) gains no speed from INT8,
+    and the user should learn it here rather than after deploying."""
+    if not run.host_ok or BACKENDS[run.kind.backend].accelerator:
+        return None
+    runtime = run.kind.check_runtime
+    batch = run.source.batch or 1
+    with run.steps.step(f"Timing INT8 against FP32 on this host ({SPEED_ROUNDS} interleaved rounds)", "speed"):
+        medians = interleaved_medians(BACKENDS[runtime].load, {"fp32": run.source.onnx_path, "int8": model_path},
+                                      samples[:batch], run.opt.threads, SPEED_ROUNDS)
+    speed = SpeedCheck(medians["fp32"], medians["int8"], batch, SPEED_ROUNDS, runtime)
+    run.progress.note(f"INT8 {speed.int8_ms:.1f} ms vs FP32 {speed.fp32_ms:.1f} ms on this host ({speed.ratio:.2f}x)")
+    if speed.ratio > SLOW_INT8_RATIO:
+        run.warnings.append(f"INT8 runs at {speed.ratio:.2f}x the FP32 latency on this host ({cpu.host().label}, "
+                            f"{speed.int8_ms:.1f} vs {speed.fp32_ms:.1f} ms): INT8 buys a smaller model here, not "
+                            "speed (its integer kernels are no faster than its float ones, or the model is too small "
+                            "to pay for quantizing activations); `vmlp-deploy profile` measures both at length")
+    return speed
+
+
 def _warn_low_agreement(run: _Run, logits: LogitsReport) -> None:
     """Random weights have near-tied logits, so their agreement says nothing and is not warned about."""
     opt = run.opt
@@ -533,7 +583,7 @@ def _write(run: _Run, tmp: Path, quantizer: Quantizer, layout: LayoutChoice, mod
            keep: list[str], sensitivity: SearchResult | None, fidelity: FidelityReport,
            accuracy: AccuracyReport | None, graph_check: dict[str, Any] | None, saturation: dict[str, Any] | None,
            gate: GateResult, timings: dict[str, float], stand_in: isa_cap.CapCheck | None,
-           children: ChildMemory) -> QuantizeResult:
+           children: ChildMemory, speed: SpeedCheck | None) -> QuantizeResult:
     """``manifest.json`` and ``quantize.md`` beside the model in the staged output directory."""
     opt, source = run.opt, run.source
     peak, child_peak = peak_rss_mb(), children.peak_mb()
@@ -563,11 +613,12 @@ def _write(run: _Run, tmp: Path, quantizer: Quantizer, layout: LayoutChoice, mod
         stand_in=stand_in.to_dict() if stand_in else None,
         layout=layout.to_dict(),
         saturation_prediction=saturation,
+        speed=speed.to_dict() if speed else None,
     ))
     write_manifest(tmp, manifest)
     result = QuantizeResult(run.out, run.out / model_path.name, opt.backend, source.onnx_path, manifest, settings,
                             stats, fidelity, accuracy, keep, sensitivity, graph_check, timings, peak, run.warnings,
-                            run.target, run.choice, gate, child_peak)
+                            run.target, run.choice, gate, child_peak, speed)
     write_report(tmp / "quantize.md", result)
     return result
 
