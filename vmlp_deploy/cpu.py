@@ -370,6 +370,9 @@ def ops_per_cycle(isa: Isa, precision: str) -> tuple[int, str]:
             what = "VNNI" if isa.x86 else "dot product" + (" / i8mm (counted as dot product)" if "i8mm" in
                                                           isa.features else "")
             return 4 * f32, f"{what}: 4 int8 MACs per 32-bit lane, 4x f32 ({base})"
+        if isa.uarch == "Zen/Zen+":
+            return f32, ("no 32-bit int8 dot product, and Zen/Zen+ issue vpmaddubsw and vpmaddwd on one 128-bit "
+                         f"integer-multiply pipe: 8 u8xs8 MACs per cycle, the f32 FMA rate ({base})")
         return 2 * f32, f"no 32-bit int8 dot product: u8xs8 pairs then int16->int32 adds, about 2x f32 ({base})"
     if precision == "bf16" and isa.bf16:
         if isa.x86 and {"amx_tile", "amx_bf16"} <= isa.features:
