@@ -45,8 +45,9 @@ from .source import SourceModel
 
 #: Calibration samples for the quick quantization that is only timed.
 TIMING_SAMPLES = 8
-#: Interleaved rounds of one inference per candidate (after warm-up); the median decides.
+#: Interleaved rounds of one inference per candidate (after WARMUP runs of each); the median decides.
 TIMING_ROUNDS = 15
+WARMUP = 3
 #: The channels-first graph must be this much faster to be chosen over the source graph (timing noise).
 MARGIN = 0.03
 #: Largest difference between the source and the re-exported logits, relative to the logits' range.
@@ -140,7 +141,7 @@ def interleaved_medians(load: Loader, models: dict[str, Path], x: np.ndarray, th
     try:
         timers = {name: session.timer(x) for name, session in sessions.items()}
         for timer in timers.values():
-            for _ in range(3):
+            for _ in range(WARMUP):
                 timer()
         times: dict[str, list[float]] = {name: [] for name in timers}
         for _ in range(rounds):

@@ -36,7 +36,7 @@ from ._bar import bar
 from .base import Quantizer, require_modules
 from .data import DataStats, ImageFolder, SampleSet, load_directory, load_embedded
 from .fidelity import WORST_LAYERS, FidelityReport, LogitsReport, compare_logits, layer_sqnr, run_all
-from .layout import LayoutChoice, QuickQuantize, choose_layout, interleaved_medians
+from .layout import WARMUP, LayoutChoice, QuickQuantize, choose_layout, interleaved_medians
 from .options import QuantizeOptions
 from .registry import QUANTIZERS, quantizer_modules
 from .report import write_report
@@ -143,7 +143,7 @@ class SpeedCheck:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ratio": round(self.ratio, 3),
-                "method": f"{self.rounds} interleaved rounds of one inference each after 3 warm-up runs, medians, "
+                "method": f"{self.rounds} interleaved rounds of one inference each after {WARMUP} warm-up runs, medians, "
                           "float parts pinned to f32, ONNX Runtime spinning off; an indication, not a benchmark "
                           "(`vmlp-deploy profile` measures at length)"}
 
