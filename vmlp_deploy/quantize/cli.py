@@ -17,6 +17,7 @@ from ..runs import latest_float_run
 from .base import missing_modules
 from .options import LAYOUTS, METHODS, MODEL_TYPES, PERCENTILE, QuantizeOptions, RecipeOverrides
 from .registry import QUANTIZERS, default_quantizers
+from .report import ms
 from .scheme import SCHEME_NAMES
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ def print_result(console: Console, result: QuantizeResult) -> None:
                       f"{result.scheme.scheme.name}")
     if result.speed is not None:
         sp = result.speed
-        table.add_row("INT8 / FP32 latency here", f"{sp.int8_ms:.1f} / {sp.fp32_ms:.1f} ms ({sp.ratio:.2f}x)")
+        table.add_row("INT8 / FP32 latency here", f"{ms(sp.int8_ms)} / {ms(sp.fp32_ms)} ms ({sp.ratio:.2f}x)")
     if result.gate is not None:
         verdict = "passed" if result.gate.passed else "FAILED (--no-gate)"
         table.add_row("fidelity gate", f"{verdict}: {result.gate.checked}" if result.gate.bound is not None

@@ -41,6 +41,7 @@ from ..rundir import MANIFEST, sha256_file
 from ..targets import CHANNELS_FIRST, DEFAULT_TARGET, channels_first
 from .base import Quantizer
 from .options import AS_GIVEN, AUTO
+from .report import ms
 from .source import SourceModel
 
 #: Calibration samples for the quick quantization that is only timed.
@@ -200,7 +201,7 @@ def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: st
         x = samples[: source.batch or 1]
         load, where = timing
         medians = interleaved_medians(load, quantized, x, threads)
-    progress.note("INT8 median latency by layout: " + ", ".join(f"{k} {v:.1f} ms" for k, v in medians.items()))
+    progress.note("INT8 median latency by layout: " + ", ".join(f"{k} {ms(v)} ms" for k, v in medians.items()))
     ratio = medians[CHANNELS_FIRST] / medians[AS_GIVEN]
     if ratio <= 1 - MARGIN:
         return LayoutChoice(CHANNELS_FIRST, channels_first_source, "measured", f"channels-first INT8 is {ratio:.3f}x "

@@ -11,6 +11,11 @@ if TYPE_CHECKING:
     from .stage import QuantizeResult
 
 
+def ms(v: float) -> str:
+    """A latency with three significant figures or more: sub-millisecond runs of tiny models stay readable."""
+    return f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
+
+
 def _db(v: float | str) -> str:
     return v if isinstance(v, str) else (f"{v:.1f}" if abs(v) != float("inf") else ("∞" if v > 0 else "-∞"))
 
@@ -85,7 +90,8 @@ def render(r: QuantizeResult) -> str:
         lines += _table(["check", "value"], [[k, v] for k, v in r.graph_check.items()])
     lines += ["## Time and memory", ""]
     steps = {k: v for k, v in r.timings.items() if k != "total"}
-    label = {"quantize": "quantize (calibration included)"} if "calibrate" not in steps else {}
+    label = {"speed": "timing INT8 against FP32",
+             **({"quantize": "quantize (calibration included)"} if "calibrate" not in steps else {})}
     rows = [[label.get(k, k), f"{v:.1f}"] for k, v in steps.items()]
     if "total" in r.timings:
         rows += [["other (opening the model, writing)", f"{max(r.timings['total'] - sum(steps.values()), 0):.1f}"],
@@ -122,7 +128,7 @@ def _target_section(q: QuantizeStage) -> list[str]:
         rows.append(["layout", f"`{lay['layout']}` ({lay['how']}: {lay['reason']})"])
     if q.speed:
         sp = q.speed
-        rows.append(["INT8 vs FP32 latency (this host)", f"{sp['int8_ms']:.1f} vs {sp['fp32_ms']:.1f} ms, "
+        rows.append(["INT8 vs FP32 latency (this host)", f"{ms(sp['int8_ms'])} vs {ms(sp['fp32_ms'])} ms, "
                      f"{sp['ratio']:.2f}x ({sp['runtime']}, batch {sp['batch']}; {sp['method']})"])
     verdict = ("not gated" if g["bound"] is None else "passed" if g["passed"]
                else "**failed**, written with --no-gate")

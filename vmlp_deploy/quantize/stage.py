@@ -39,7 +39,7 @@ from .fidelity import WORST_LAYERS, FidelityReport, LogitsReport, compare_logits
 from .layout import WARMUP, LayoutChoice, QuickQuantize, choose_layout, interleaved_medians
 from .options import QuantizeOptions
 from .registry import QUANTIZERS, quantizer_modules
-from .report import write_report
+from .report import ms, write_report
 from .saturation import DEFAULT_SAMPLES as SATURATION_SAMPLES
 from .saturation import predict as predict_saturation
 from .saturation import summarize as summarize_saturation
@@ -552,10 +552,11 @@ def _measure_speed(run: _Run, model_path: Path, samples: np.ndarray) -> SpeedChe
         medians = interleaved_medians(BACKENDS[runtime].load, {"fp32": run.source.onnx_path, "int8": model_path},
                                       samples[:batch], run.opt.threads, SPEED_ROUNDS)
     speed = SpeedCheck(medians["fp32"], medians["int8"], batch, SPEED_ROUNDS, runtime)
-    run.progress.note(f"INT8 {speed.int8_ms:.1f} ms vs FP32 {speed.fp32_ms:.1f} ms on this host ({speed.ratio:.2f}x)")
+    int8_ms, fp32_ms = ms(speed.int8_ms), ms(speed.fp32_ms)
+    run.progress.note(f"INT8 {int8_ms} ms vs FP32 {fp32_ms} ms on this host ({speed.ratio:.2f}x)")
     if speed.ratio > SLOW_INT8_RATIO:
         run.warnings.append(f"INT8 runs at {speed.ratio:.2f}x the FP32 latency on this host ({cpu.host().label}, "
-                            f"{speed.int8_ms:.1f} vs {speed.fp32_ms:.1f} ms): INT8 buys a smaller model here, not "
+                            f"{int8_ms} vs {fp32_ms} ms): INT8 buys a smaller model here, not "
                             "speed (its integer kernels are no faster than its float ones, or the model is too small "
                             "to pay for quantizing activations); `vmlp-deploy profile` measures both at length")
     return speed
