@@ -117,8 +117,8 @@ def _target_section(q: QuantizeStage) -> list[str]:
     elif q.host_stands_for_target:
         measured_on = ""
     else:
-        measured_on = (" — **not the target's integer kernels**: fidelity below is the host's, the target's "
-                       "saturation is predicted")
+        measured_on = (" — **not the target's integer kernels**: fidelity below is the host's"
+                       + (", the target's saturation is predicted" if q.saturation_prediction else ""))
     rows = [
         ["target CPU", f"`{t['name']}`: {t['summary']} ({t['description']})"],
         ["host CPU (measured on)", f"{h['model']}: {h['summary']}{measured_on}"],

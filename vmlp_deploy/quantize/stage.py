@@ -426,7 +426,7 @@ def _settle(run_dir: Path, opt: QuantizeOptions, progress: Progress) -> _Run:
         if cap is None:
             warnings.append(f"this host ({cpu.host().isa.summary()}) does not run the integer kernels of --target-cpu "
                             f"{target.name} ({target.isa.summary()}) and {why_not}: fidelity below is the host's; "
-                            "the target's saturation is predicted separately")
+                            + _host_vs_target_saturation(choice.scheme, target))
         else:
             progress.note(f"Measuring on {target.name}'s integer kernels: {cap.describe()}")
     out = opt.output or default_output(run_dir, opt.backend)
@@ -438,6 +438,17 @@ def _settle(run_dir: Path, opt: QuantizeOptions, progress: Progress) -> _Run:
                         "--std R G B (and --resize, --interpolation) or --recipe FILE")
     return _Run(opt, progress, TimedSteps(progress), source, kind, target, choice, host_ok, cap, out, recipe,
                 recipe_origin, folder, warnings)
+
+
+def _host_vs_target_saturation(scheme: IntegerScheme, target: cpu.CpuTarget) -> str:
+    """Which way the host's fidelity errs for the target: it misses the target's int16 saturation (predicted
+    separately), or it has saturation the target does not (then it understates the target's fidelity)."""
+    if target.isa.u8s8_saturates:
+        return "the target's saturation is predicted separately"
+    if scheme.saturates_on(cpu.host().isa):
+        return (f"this host's int16 saturation of {scheme.name}, which the target does not have, can make it look worse "
+                "than it will be there")
+    return "neither saturates int16 with this scheme"
 
 
 def _data_warnings(opt: QuantizeOptions, stats: DataStats) -> list[str]:
