@@ -94,7 +94,7 @@ class Isa:
         family = self.family if self.x86 and self.vendor == "AuthenticAMD" else None
         if family is not None and self.avx512 and family < 0x1A:
             return 256
-        if family == 0x17 and not self.avx512 and self.model is not None and self.model < 0x30:
+        if self.uarch == "Zen/Zen+":
             return 128
         return self.vector_bits
 
