@@ -12,7 +12,7 @@ from PIL import Image
 
 from vmlp_deploy.embedded_images import embedded_batch, embedded_images
 from vmlp_deploy.errors import UserError
-from vmlp_deploy.preprocess import Recipe, to_rgb, transform
+from vmlp_deploy.preprocess import Recipe, load_image, to_rgb, transform
 
 RECIPE = Recipe((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), crop_pct=0.8, interpolation="bilinear")
 
@@ -39,6 +39,26 @@ def test_any_mode_becomes_rgb(mode: str) -> None:
     assert rgb.mode == "RGB" and rgb.size == (8, 8)
     if mode in ("I;16", "RGBA"):
         assert np.asarray(rgb).min() == 255  # full-scale 16-bit and transparent-on-white are white
+
+
+@pytest.mark.parametrize("scale", [1.0, 255.0])
+def test_float_tiff_keeps_its_range(tmp_path, scale: float) -> None:
+    """A float TIFF in 0..1 (or 0..255) keeps its grey levels; PIL's own conversion would clip 0..1 to black."""
+    ramp = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8) * scale
+    path = tmp_path / "ramp.tif"
+    Image.fromarray(ramp, mode="F").save(path)
+    rgb = np.asarray(to_rgb(load_image(path)), dtype=np.float64)
+    assert rgb.shape == (8, 8, 3)
+    assert np.abs(rgb[..., 0] - ramp / scale * 255.0).max() <= 0.5
+
+
+def test_float_image_with_nan_names_the_file(tmp_path) -> None:
+    arr = np.zeros((8, 8), np.float32)
+    arr[3, 3] = np.nan
+    path = tmp_path / "bad.tif"
+    Image.fromarray(arr, mode="F").save(path)
+    with pytest.raises(UserError, match=r"bad\.tif has NaN"):
+        load_image(path)
 
 
 def test_bad_recipe_values_are_user_errors() -> None:

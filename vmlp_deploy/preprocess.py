@@ -70,10 +70,15 @@ class Recipe:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Grayscale, palette, RGBA (composited on white) and 16-bit images all become 8-bit RGB."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
+    """Grayscale, palette, RGBA (composited on white), 16-bit and float images all become 8-bit RGB.
+
+    PIL's own conversion clips integer and float pixels to 0..255, which turns 16-bit scans white-ish and
+    float images in 0..1 (the usual float TIFF) black; their range is read from the pixels instead.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = float(arr.max(initial=0.0))
+        peak = 1.0 if img.mode == "F" and top <= 1.0 else 255.0 if top <= 255 else 65535.0
         img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
@@ -105,8 +110,11 @@ def load_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return img.copy()
+            out = img.copy()
     except Image.DecompressionBombError as e:
         raise UserError(f"image {path} is too large to decode safely ({e}): resize it") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UserError(f"cannot read image {path}: {e}") from None
+    if out.mode == "F" and not np.isfinite(np.asarray(out)).all():
+        raise UserError(f"image {path} has NaN or infinite pixels: save it again with finite values")
+    return out
