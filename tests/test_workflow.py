@@ -52,40 +52,40 @@ def test_empty_folder_says_what_to_run_first(workdir: Path, cli: Cli) -> None:
 def test_export_quantize_runs_in_a_fresh_folder(workdir: Path, cli: Cli) -> None:
     code, out, err = cli("export", "--model", "s2mlpv2", "--tiny")
     assert code == 0, err
-    assert "s2mlpv2 -> s2mlpv2_small" in out and (workdir / "out" / "s2mlpv2_small" / "model.onnx").is_file()
+    assert "s2mlpv2 -> s2mlpv2_small" in out and (workdir / "out" / "s2mlpv2_small-tiny" / "model.onnx").is_file()
     code, out, err = cli("quantize", *QUICK)
     assert code == 0, err
-    assert "most recent export: out/s2mlpv2_small" in out
+    assert "most recent export: out/s2mlpv2_small-tiny" in out
     for backend in ("cpu", "openvino"):
-        manifest = json.loads((workdir / "out" / f"s2mlpv2_small-int8-{backend}" / "manifest.json").read_text())
+        manifest = json.loads((workdir / "out" / f"s2mlpv2_small-tiny-int8-{backend}" / "manifest.json").read_text())
         assert manifest["stages"]["quantize"]["backend"] == backend
-    assert not (workdir / "out" / "s2mlpv2_small-int8-tensorrt").exists(), "TensorRT Q/DQ only when asked"
+    assert not (workdir / "out" / "s2mlpv2_small-tiny-int8-tensorrt").exists(), "TensorRT Q/DQ only when asked"
     code, _, err = cli("quantize", "--backend", "cpu,openvino", "-o", "x", *QUICK)
     assert code == 2 and "-o names one run directory" in err
     code, out, _ = cli("runs")
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["run", "stage", "model"]
-    assert any(line.startswith("s2mlpv2_small-int8-openvino ") and " quantize " in line and " int8 " in line
+    assert any(line.startswith("s2mlpv2_small-tiny-int8-openvino ") and " quantize " in line and " int8 " in line
                for line in lines)
     code, out, err = cli("profile", "--backend", "openvino", "-n", "3", "--warmup", "1", "--layer-runs", "0",
                          "--peak-size", "64", "--no-charts")
     assert code == 0, err
-    assert "most recent export out/s2mlpv2_small and its INT8 runs out/s2mlpv2_small-int8-openvino" in out
+    assert "most recent export out/s2mlpv2_small-tiny and its INT8 runs out/s2mlpv2_small-tiny-int8-openvino" in out
     prof = next((workdir / "out").glob("profile-*"))
     records = json.loads((prof / "profile.json").read_text())["records"]
     assert sorted((r["model"], r["backend"], r["precision"]) for r in records) == [
-        ("s2mlpv2_small", "openvino", "f32"), ("s2mlpv2_small-int8-openvino", "openvino", "int8")]
+        ("s2mlpv2_small-tiny", "openvino", "f32"), ("s2mlpv2_small-tiny-int8-openvino", "openvino", "int8")]
     assert "FP32 vs INT8" in out and "speedup" in out and "| openvino |" in (prof / "summary.md").read_text()
     code, out, _ = cli("ls", "--json")
     assert {r["stage"] for r in json.loads(out)} == {"export", "quantize", "profile"}
-    odd = workdir / "out" / "s2mlpv2_small-int8-cpu" / "manifest.json"
+    odd = workdir / "out" / "s2mlpv2_small-tiny-int8-cpu" / "manifest.json"
     manifest = json.loads(odd.read_text())
     manifest["stages"]["quantize"]["fidelity"] = 5
     odd.write_text(json.dumps(manifest))
     code, out, err = cli("runs")
     assert code == 0 and "unreadable manifest" in out, "one hand-edited run does not break the listing"
     code, out, err = cli("quantize", "--backend", "cpu", "-o", "again", *QUICK)
-    assert code == 0 and "most recent export: out/s2mlpv2_small" in out, err
+    assert code == 0 and "most recent export: out/s2mlpv2_small-tiny" in out, err
 
 
 def test_deploy_tiny_and_reruns_reuse(workdir: Path, cli: Cli) -> None:

@@ -104,7 +104,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise UserError("--batch and --dynamic-batch exclude each other: pass one of them")
     if args.model is not None:
         args.model = _variant_name(args.model)
-    out = args.output or Path("out") / (args.model or args.checkpoint.stem)
+    out = args.output or Path("out") / ((args.model or args.checkpoint.stem) + ("-tiny" if args.tiny else ""))
     options = ExportOptions(
         opset=args.opset, exporter=args.exporter, batch=args.batch, dynamic_batch=args.dynamic_batch,
         simplify=not args.no_simplify, rewrite=not args.no_rewrite, target=args.target, tolerance=Tolerance(atol=args.atol, rtol=args.rtol), seed=args.seed,
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a zoo model or checkpoint to a validated ONNX run directory")
     _add_model_args(p)
-    p.add_argument("-o", "--output", type=Path, metavar="DIR", help="run directory (default out/<model>)")
+    p.add_argument("-o", "--output", type=Path, metavar="DIR", help="run directory (default out/<model>, out/<model>-tiny with --tiny)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (17..23, default 18)")
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
