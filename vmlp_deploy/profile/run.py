@@ -83,6 +83,13 @@ class ProfileOptions:
         if self.streams is not None and "throughput" not in self.modes:
             raise UserError("--streams sets the parallel requests of --mode throughput (latency runs one): add "
                             "--mode throughput or both, or drop --streams")
+        named = set(self.backends) - {"all"}
+        if named and "cpu" not in named and (not self.spinning or self.opt_level != "all"):
+            raise UserError("--spinning and --opt-level set ONNX Runtime, which this run does not use: add "
+                            "--backend cpu, or drop them")
+        if named and "openvino" not in named and self.device != "CPU":
+            raise UserError(f"--device {self.device} picks an OpenVINO device, and this run does not use OpenVINO: "
+                            "add --backend openvino, or drop --device")
         if self.input_shape is not None and min(self.input_shape) < 1:
             raise UserError(f"--input-shape dimensions must be positive, got {list(self.input_shape)}")
         if self.layer_runs < 0:
