@@ -364,3 +364,24 @@ def test_all_calibration_images_too_small_is_an_error(s2_run: Path, cli: Cli, tm
     code, stdout, _ = cli("quantize", s2_run, "--backend", "cpu", "--calibration-data", data, "-o", tmp_path / "o",
                           "--allow-upscale")
     assert code == 0, stdout
+
+
+def test_eval_images_smaller_than_the_crop_are_left_out_and_counted(s2_run: Path, cli: Cli, tmp_path: Path) -> None:
+    """An enlarged 30-px image says little about accuracy at 56 px: it is left out (and counted) unless asked."""
+    mixed, small = tmp_path / "mixed", tmp_path / "small"
+    for label in ("a", "b"):
+        for root in (mixed, small):
+            (root / label).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (64, 64), (i, 0, 0)).save(mixed / label / f"big{i}.png")
+            Image.new("RGB", (30, 30), (i, 0, 0)).save(mixed / label / f"small{i}.png")
+            Image.new("RGB", (30, 30), (i, 0, 0)).save(small / label / f"{i}.png")
+    fast = ("--backend", "cpu", "--num-samples", "8", "--holdout", "4", "--layout", "as-given")
+    code, stdout, err = cli("quantize", s2_run, *fast, "--eval-data", mixed, "-o", tmp_path / "o")
+    assert code == 0, err
+    accuracy = json.loads((tmp_path / "o" / "manifest.json").read_text())["stages"]["quantize"]["accuracy"]
+    assert (accuracy["images"], accuracy["too_small"], accuracy["skipped"]) == (4, 4, 0)
+    assert "4 smaller than the crop left out" in (tmp_path / "o" / "quantize.md").read_text()
+    code, _, err = cli("quantize", s2_run, *fast, "--eval-data", small, "-o", tmp_path / "o2")
+    assert code == 2 and "--eval-data" in err and "smaller than the model's 56x56 crop" in err
+    assert "--allow-upscale" in err and not (tmp_path / "o2").exists()

@@ -163,7 +163,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         model=args.model, checkpoint=args.checkpoint, tiny=args.tiny,
         backends=args.backend or default_backends(), root=args.root, overwrite=args.overwrite,
         quantize=QuantizeOptions(calibration_data=args.calibration_data, num_samples=args.num_samples,
-                                 eval_data=args.eval_data, target_cpu=args.target_cpu, max_drop=args.max_drop,
+                                 eval_data=args.eval_data, allow_upscale=args.allow_upscale,
+                                 target_cpu=args.target_cpu, max_drop=args.max_drop,
                                  gate=not args.no_gate, threads=args.threads),
         input_size=tuple(args.input_size) if args.input_size else None, seed=args.seed,
         export=ExportOptions(seed=args.seed),
@@ -263,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration images or .npy/.npz (default: crops of the embedded photographs)")
     p.add_argument("--num-samples", type=int, default=300, help="calibration samples (default 300)")
     p.add_argument("--eval-data", type=Path, metavar="DIR", help="ImageFolder for real FP32 vs INT8 top-1 (gated)")
+    p.add_argument("--allow-upscale", action="store_true",
+                   help="enlarge calibration and eval images smaller than the model's crop (left out otherwise)")
     p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
                    help="largest INT8 top-1 drop on --eval-data (default 1.0; exit 4 above it)")
     p.add_argument("--no-gate", action="store_true", help="keep an INT8 model that fails the fidelity gate")

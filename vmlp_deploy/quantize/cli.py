@@ -74,7 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--seed", type=arg_types.seed, default=0,
                       help="seed of the shuffle and the embedded crops (default 0)")
     data.add_argument("--allow-upscale", action="store_true",
-                      help="accept images smaller than the model's crop (they are enlarged; skipped otherwise)")
+                      help="accept calibration and --eval-data images smaller than the model's crop (they are "
+                           "enlarged; left out otherwise, and counted)")
     recipe = p.add_argument_group("preprocessing (for models without a manifest, or to replace its recipe)")
     recipe.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="per-channel mean (0..1 scale)")
     recipe.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="per-channel std (0..1 scale)")

@@ -312,16 +312,22 @@ class ImageFolder:
             raise UserError(f"--eval-data {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return cls(root, classes, files)
 
-    def batches(self, recipe: Recipe, batch: int, skipped: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Preprocessed (images, labels) in chunks of ``batch``; unreadable files go to ``skipped``."""
+    def batches(self, recipe: Recipe, batch: int, skipped: list[str], too_small: list[str] | None = None,
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Preprocessed (images, labels) in chunks of ``batch``; unreadable files go to ``skipped``, and images
+        smaller than the crop to ``too_small`` when it is given (else they are enlarged)."""
         xs: list[np.ndarray] = []
         ys: list[int] = []
         for path, label in self.files:
             try:
-                xs.append(transform(load_image(path), recipe))
+                img = load_image(path)
             except UserError:
                 skipped.append(str(path))
                 continue
+            if too_small is not None and not _fits(img, recipe):
+                too_small.append(str(path))
+                continue
+            xs.append(transform(img, recipe))
             ys.append(label)
             if len(xs) == batch:
                 yield np.stack(xs), np.asarray(ys)

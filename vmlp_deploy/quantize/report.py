@@ -55,7 +55,9 @@ def render(r: QuantizeResult) -> str:
                         [[f"`{w.node}`", w.op_type, _db(w.sqnr_db)] for w in r.fidelity.worst_layers])
     if r.accuracy is not None:
         a = r.accuracy
-        lines += [f"## Accuracy on `{a.root}` ({a.images} images, {a.classes} classes, {a.skipped} unreadable)", ""]
+        small = f", {a.too_small} smaller than the crop left out" if a.too_small else ""
+        lines += [f"## Accuracy on `{a.root}` ({a.images} images, {a.classes} classes, {a.skipped} unreadable{small})",
+                  ""]
         lines += _table(["", "FP32", "INT8", "Δ points"], [
             ["top-1", f"{a.top1_fp32:.2%}", f"{a.top1_int8:.2%}", f"{a.delta_points:+.2f}"],
             ["top-5", f"{a.top5_fp32:.2%}", f"{a.top5_int8:.2%}", f"{100 * (a.top5_int8 - a.top5_fp32):+.2f}"],

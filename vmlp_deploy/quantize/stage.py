@@ -73,6 +73,8 @@ class AccuracyReport:
     top1_int8: float
     top5_fp32: float
     top5_int8: float
+    #: Images smaller than the model's crop, left out (``--allow-upscale`` enlarges them instead).
+    too_small: int = 0
 
     @property
     def delta_points(self) -> float:
@@ -80,6 +82,7 @@ class AccuracyReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"root": self.root, "images": self.images, "classes": self.classes, "skipped": self.skipped,
+                "too_small": self.too_small,
                 "top1_fp32": self.top1_fp32, "top1_int8": self.top1_int8, "top5_fp32": self.top5_fp32,
                 "top5_int8": self.top5_int8, "top1_delta_points": round(self.delta_points, 3)}
 
@@ -253,25 +256,31 @@ def _check_float_model_runs(source: SourceModel, samples: np.ndarray) -> None:
 
 
 def _accuracy(folder: ImageFolder, recipe: Any, fp32: Session, int8: Session, batch: int | None,
-              progress: Progress) -> AccuracyReport:
+              allow_upscale: bool, progress: Progress) -> AccuracyReport:
     skipped: list[str] = []
+    too_small: list[str] | None = None if allow_upscale else []
     hits = np.zeros(4)
     n = done = 0
     with bar(progress, f"Measuring accuracy on {folder.root} ({len(folder.files)} images)", len(folder.files)) as advance:
-        for x, y in folder.batches(recipe, batch or 32, skipped):
+        for x, y in folder.batches(recipe, batch or 32, skipped, too_small):
             for j, session in enumerate((fp32, int8)):
                 logits = run_all(session, x, batch)
                 top5 = np.argsort(-logits, axis=1)[:, :5]
                 hits[2 * j] += float((top5[:, 0] == y).sum())
                 hits[2 * j + 1] += float((top5 == y[:, None]).any(1).sum())
             n += len(y)
-            advance(n + len(skipped) - done)
-            done = n + len(skipped)
+            left_out = len(skipped) + len(too_small or [])
+            advance(n + left_out - done)
+            done = n + left_out
+    if n == 0 and too_small:
+        h, w = recipe.input_size
+        raise UserError(f"all {len(too_small)} readable images in --eval-data {folder.root} are smaller than the "
+                        f"model's {h}x{w} crop: use larger images, or pass --allow-upscale to enlarge them")
     if n == 0:
         raise UserError(f"none of the images in --eval-data {folder.root} could be read")
     top1_fp32, top5_fp32, top1_int8, top5_int8 = (float(h / n) for h in hits)
     return AccuracyReport(str(folder.root), n, len(folder.classes), len(skipped), top1_fp32, top1_int8,
-                          top5_fp32, top5_int8)
+                          top5_fp32, top5_int8, len(too_small or []))
 
 
 def _auto_keep_float(quantizer: Quantizer, source: SourceModel, options: QuantizeOptions, data: SampleSet,
@@ -399,7 +408,8 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
         accuracy = None
         if run.folder is not None and run.recipe is not None:
             with steps.timed("accuracy"):
-                accuracy = _accuracy(run.folder, run.recipe, fp32, int8, run.source.batch, run.progress)
+                accuracy = _accuracy(run.folder, run.recipe, fp32, int8, run.source.batch, run.opt.allow_upscale,
+                                     run.progress)
         release(int8)
         gate = _apply_gate(run, fidelity.logits, accuracy, len(keep))
         speed = _measure_speed(run, model_path, data.held_out)
