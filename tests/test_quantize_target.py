@@ -23,6 +23,7 @@ from vmlp_deploy.model import LoadedModel, load_model
 from vmlp_deploy.preprocess import Recipe
 from vmlp_deploy.quantize import QuantizeOptions, quantize_run
 from vmlp_deploy.quantize.fidelity import LogitsReport
+from vmlp_deploy.quantize.layout import decision_file
 from vmlp_deploy.quantize.scheme import SCHEMES, choose_scheme
 from vmlp_deploy.quantize.stage import AccuracyReport, _host_vs_target_saturation, fidelity_gate
 
@@ -236,6 +237,25 @@ def test_layout_rule_measurement_and_names(s2_run: Path, tmp_path: Path, monkeyp
     with pytest.raises(UserError, match="--keep-float NAMES"):
         quantize_run(s2_run, QuantizeOptions(backend="cpu", output=tmp_path / "k", num_samples=16, holdout=4,
                                              layout="openvino", keep_float=("Gemm",)))
+
+
+def test_layout_measurement_is_reused_by_a_rerun_and_keyed_by_what_changes_speed(
+        s2_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quantizing the same export again (other data, seed, holdout) reuses the timed medians and says so."""
+    monkeypatch.setenv("VMLP_DEPLOY_CACHE", str(tmp_path / "cache"))
+    first = quantize_run(s2_run, QuantizeOptions(backend="cpu", output=tmp_path / "a", num_samples=8, holdout=4))
+    lay = first.manifest["stages"]["quantize"]["layout"]
+    assert lay["how"] == "measured" and lay["reused_from"] is None
+    second = quantize_run(s2_run, QuantizeOptions(backend="cpu", output=tmp_path / "b", num_samples=8, holdout=6,
+                                                  seed=3))
+    again = second.manifest["stages"]["quantize"]["layout"]
+    assert again["how"] == "measured" and again["int8_median_ms"] == lay["int8_median_ms"]
+    memo = Path(again["reused_from"])
+    assert memo.is_file() and memo.is_relative_to(tmp_path / "cache") and "by an earlier run" in again["reason"]
+    assert f"delete {memo} to measure again" in (tmp_path / "b" / "quantize.md").read_text()
+    key = {"backend": "cpu", "scheme": "u8s8", "threads": None, "where": "on this host"}
+    assert len({decision_file("ab" * 32, key), decision_file("ab" * 32, {**key, "threads": 1}),
+                decision_file("ab" * 32, {**key, "scheme": "u8u8"}), decision_file("cd" * 32, key)}) == 4
 
 
 def test_capped_target_is_measured_on_its_own_integer_kernels(s2_run: Path, tmp_path: Path) -> None:

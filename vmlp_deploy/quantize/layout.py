@@ -13,6 +13,10 @@ cached under ``$VMLP_DEPLOY_CACHE`` by the source model's sha256, so every backe
 * host stands for the target (same integer path), or its runtime can be capped to the target's kernels
   (``isa_cap``: OpenVINO for a lesser x86 target): each candidate is quantized on a few calibration samples
   (ranges do not change speed) and its INT8 latency is timed on the backend, interleaved; the faster wins.
+  The medians are kept under ``$VMLP_DEPLOY_CACHE/layout/decisions``, keyed by the source model, backend, scheme,
+  threads, how they were timed, this host's CPU and the library versions: a rerun on the same export (another
+  calibration set, ``--eval-data``, ``--keep-float``) reuses them and says so, instead of quantizing and timing
+  both candidates again (69 s for s2mlpv2_small on a Zen/Zen+ EPYC). Deleting the file measures again.
 * otherwise the documented rule, the quantizer's ``layout_rule``: channels-first for ``openvino`` (the
   measurement above, and BENCHMARKS.md), the source graph for ``cpu`` (ONNX Runtime runs the channels-last graph
   fastest, BENCHMARKS.md); a runtime that lays out its own engine (TensorRT) gets the graph as given.
@@ -21,9 +25,13 @@ cached under ``$VMLP_DEPLOY_CACHE`` by the source model's sha256, so every backe
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +45,7 @@ from ..backends.base import cache_root
 from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..errors import UserError
 from ..progress import Progress
+from ..records import host_environment
 from ..rundir import MANIFEST, sha256_file
 from ..targets import CHANNELS_FIRST, DEFAULT_TARGET, channels_first
 from .base import Quantizer
@@ -67,10 +76,12 @@ class LayoutChoice:
     reason: str
     candidates: dict[str, str] = field(default_factory=dict)
     int8_median_ms: dict[str, float] = field(default_factory=dict)
+    #: The decision file the medians were read from (measured by an earlier run on this host), or None.
+    reused_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"layout": self.layout, "onnx": str(self.source.onnx_path), "how": self.how, "reason": self.reason,
-                "candidates": self.candidates, "int8_median_ms": self.int8_median_ms}
+                "candidates": self.candidates, "int8_median_ms": self.int8_median_ms, "reused_from": self.reused_from}
 
 
 def _cannot_rebuild(source: SourceModel) -> str | None:
@@ -96,7 +107,7 @@ def _cannot_rebuild(source: SourceModel) -> str | None:
     return None
 
 
-def _rebuild_channels_first(source: SourceModel) -> tuple[Path | None, str]:
+def _rebuild_channels_first(source: SourceModel, source_sha: str) -> tuple[Path | None, str]:
     """The channels-first re-export of a zoo run directory (``_cannot_rebuild`` said it can be made), or None
     and why it failed.
 
@@ -106,7 +117,7 @@ def _rebuild_channels_first(source: SourceModel) -> tuple[Path | None, str]:
     model, export = source.manifest.model, source.manifest.export
     assert model is not None and export is not None
     checkpoint = model.checkpoint
-    out = cache_root() / "layout" / f"{sha256_file(source.onnx_path)[:24]}-{CHANNELS_FIRST}-v{__version__}"
+    out = cache_root() / "layout" / f"{source_sha[:24]}-{CHANNELS_FIRST}-v{__version__}"
     if (out / MANIFEST).is_file():
         return out / "model.onnx", f"channels-first re-export reused from the cache {out}"
     seed = str(int(export.seed or 0))
@@ -130,6 +141,37 @@ def _same_function(a: Path, b: Path, samples: np.ndarray, batch: int | None) -> 
         return False
     scale = float(np.abs(outs[0]).max()) or 1.0
     return float(np.abs(outs[0] - outs[1]).max()) <= SAME_FUNCTION_RTOL * scale
+
+
+def decision_file(source_sha: str, key: dict[str, Any]) -> Path:
+    """Where the timed medians for ``key`` (see the module docstring) are kept."""
+    host = host_environment()
+    full = {**key, "cpu": [host["cpu_model"], host["cpu_flags"], host["usable_cpus"]],
+            "libraries": host["libraries"], "rounds": TIMING_ROUNDS, "samples": TIMING_SAMPLES}
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cache_root() / "layout" / "decisions" / f"{source_sha[:24]}-{digest}.json"
+
+
+def _read_decision(path: Path) -> tuple[dict[str, float], str] | None:
+    """The medians and when they were measured, or None where there are none (or the file is not ours)."""
+    try:
+        doc = json.loads(path.read_text())
+        medians = {str(k): float(v) for k, v in doc["int8_median_ms"].items()}
+        measured_at = str(doc["measured_at"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if set(medians) != {AS_GIVEN, CHANNELS_FIRST} or min(medians.values()) <= 0:
+        return None
+    return medians, measured_at
+
+
+def _write_decision(path: Path, medians: dict[str, float]) -> None:
+    """Written whole or not at all (rename), so a concurrent run never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"int8_median_ms": medians,
+                               "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def interleaved_medians(load: Loader, models: dict[str, Path], x: np.ndarray, threads: int | None,
@@ -156,11 +198,13 @@ def interleaved_medians(load: Loader, models: dict[str, Path], x: np.ndarray, th
 
 def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: str,
                   timing: tuple[Loader, str] | None, samples: np.ndarray, quick_quantize: QuickQuantize, work: Path,
-                  progress: Progress, threads: int | None = None, named_nodes: bool = False) -> LayoutChoice:
+                  progress: Progress, threads: int | None = None, named_nodes: bool = False,
+                  decision_key: dict[str, Any] | None = None) -> LayoutChoice:
     """The graph to quantize with ``quantizer``: see the module docstring. ``timing``: how to load a candidate
     so that it runs the target's kernels, and where that is (``on this host``), or None where nothing here can.
     ``named_nodes``: the user named nodes of the source graph (``--keep-float NAMES``), which a re-export would
-    not have."""
+    not have. ``decision_key``: what, besides the source, host and timing, the INT8 speed depends on (backend,
+    scheme, threads), to reuse an earlier measurement; None always measures."""
     rule = quantizer.layout_rule
     if not rule.relayouts or requested == AS_GIVEN:
         why = "--layout as-given" if rule.relayouts else rule.reason
@@ -174,9 +218,10 @@ def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: st
     if requested == AUTO and timing is None and rule.layout == AS_GIVEN:
         return LayoutChoice(AS_GIVEN, source, "rule", f"{rule.reason}; {cannot_time}")
     path, note = None, _cannot_rebuild(source)
+    source_sha = sha256_file(source.onnx_path) if note is None else ""
     if note is None:
         with progress.step("Re-exporting channels-first (--target openvino) as a layout candidate"):
-            path, note = _rebuild_channels_first(source)
+            path, note = _rebuild_channels_first(source, source_sha)
             if path is not None and not _same_function(source.onnx_path, path, samples[:4], source.batch):
                 path, note = None, "the re-export does not reproduce the source model's outputs"
     candidates = {AS_GIVEN: str(source.onnx_path), CHANNELS_FIRST: str(path) if path else f"unavailable: {note}"}
@@ -191,20 +236,39 @@ def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: st
     if timing is None:
         return LayoutChoice(CHANNELS_FIRST, channels_first_source, "rule", f"{rule.reason}; {cannot_time}",
                             candidates)
+    load, where = timing
+    memo = decision_file(source_sha, {**decision_key, "where": where}) if decision_key is not None else None
+    earlier = _read_decision(memo) if memo is not None else None
+    if earlier is not None:
+        medians, measured_at = earlier
+        when = f" (measured {measured_at} by an earlier run; delete {memo} to measure again)"
+    else:
+        medians, when = _time_candidates(quantizer, {AS_GIVEN: source, CHANNELS_FIRST: channels_first_source},
+                                         samples, quick_quantize, load, work, progress, threads), ""
+        if memo is not None:
+            _write_decision(memo, medians)
+    progress.note("INT8 median latency by layout: " + ", ".join(f"{k} {ms(v)} ms" for k, v in medians.items())
+                  + (" (from an earlier run on this host)" if earlier is not None else ""))
+    ratio = medians[CHANNELS_FIRST] / medians[AS_GIVEN]
+    reused = str(memo) if earlier is not None else None
+    if ratio <= 1 - MARGIN:
+        return LayoutChoice(CHANNELS_FIRST, channels_first_source, "measured", f"channels-first INT8 is {ratio:.3f}x "
+                            f"the source graph's latency {where}{when}", candidates, medians, reused)
+    return LayoutChoice(AS_GIVEN, source, "measured", f"channels-first INT8 is {ratio:.3f}x the source graph's "
+                        f"latency {where} (switching needs <= {1 - MARGIN:.2f}x){when}", candidates, medians,
+                        reused)
+
+
+def _time_candidates(quantizer: type[Quantizer], sources: dict[str, SourceModel], samples: np.ndarray,
+                     quick_quantize: QuickQuantize, load: Loader, work: Path, progress: Progress,
+                     threads: int | None) -> dict[str, float]:
+    """Quantize each candidate on a few samples (ranges do not change speed) and time them interleaved."""
     with progress.step(f"Timing INT8 of both layouts on {quantizer.backend} ({TIMING_SAMPLES} calibration samples "
                        "each)"), tempfile.TemporaryDirectory(prefix="layout-", dir=work) as scratch:
         quantized = {}
-        for name, src in ((AS_GIVEN, source), (CHANNELS_FIRST, channels_first_source)):
+        for name, src in sources.items():
             folder = Path(scratch) / name
             folder.mkdir()
             quantized[name] = quick_quantize(src, samples[:TIMING_SAMPLES], folder)
-        x = samples[: source.batch or 1]
-        load, where = timing
-        medians = interleaved_medians(load, quantized, x, threads)
-    progress.note("INT8 median latency by layout: " + ", ".join(f"{k} {ms(v)} ms" for k, v in medians.items()))
-    ratio = medians[CHANNELS_FIRST] / medians[AS_GIVEN]
-    if ratio <= 1 - MARGIN:
-        return LayoutChoice(CHANNELS_FIRST, channels_first_source, "measured", f"channels-first INT8 is {ratio:.3f}x "
-                            f"the source graph's latency {where}", candidates, medians)
-    return LayoutChoice(AS_GIVEN, source, "measured", f"channels-first INT8 is {ratio:.3f}x the source graph's "
-                        f"latency {where} (switching needs <= {1 - MARGIN:.2f}x)", candidates, medians)
+        x = samples[: next(iter(sources.values())).batch or 1]
+        return interleaved_medians(load, quantized, x, threads)

@@ -476,7 +476,11 @@ def _choose_layout(run: _Run, samples: np.ndarray, work: Path) -> LayoutChoice:
     opt = run.opt
     layout = choose_layout(run.source, run.kind, opt.layout, _layout_timing(run), samples,
                            _quick_quantizer(run.kind, opt, run.choice.scheme, run.source.onnx_path), work, run.progress,
-                           opt.threads, named_nodes=bool(opt.keep_float) and not opt.keep_float_auto)
+                           opt.threads, named_nodes=bool(opt.keep_float) and not opt.keep_float_auto,
+                           decision_key={"backend": run.kind.backend, "scheme": run.choice.scheme.name,
+                                         "threads": opt.threads, "model_type": opt.model_type,
+                                         "smooth_quant_alpha": opt.smooth_quant_alpha,
+                                         "qdq_layernorm": opt.qdq_layernorm})
     run.progress.note(f"Layout: {layout.layout} ({layout.how}: {layout.reason})")
     return layout
 
