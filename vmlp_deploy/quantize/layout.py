@@ -107,6 +107,10 @@ def _cannot_rebuild(source: SourceModel) -> str | None:
     return None
 
 
+def _reexport_dir(source_sha: str) -> Path:
+    return cache_root() / "layout" / f"{source_sha[:24]}-{CHANNELS_FIRST}-v{__version__}"
+
+
 def _rebuild_channels_first(source: SourceModel, source_sha: str) -> tuple[Path | None, str]:
     """The channels-first re-export of a zoo run directory (``_cannot_rebuild`` said it can be made), or None
     and why it failed.
@@ -117,7 +121,7 @@ def _rebuild_channels_first(source: SourceModel, source_sha: str) -> tuple[Path 
     model, export = source.manifest.model, source.manifest.export
     assert model is not None and export is not None
     checkpoint = model.checkpoint
-    out = cache_root() / "layout" / f"{source_sha[:24]}-{CHANNELS_FIRST}-v{__version__}"
+    out = _reexport_dir(source_sha)
     if (out / MANIFEST).is_file():
         return out / "model.onnx", f"channels-first re-export reused from the cache {out}"
     seed = str(int(export.seed or 0))
@@ -220,7 +224,9 @@ def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: st
     path, note = None, _cannot_rebuild(source)
     source_sha = sha256_file(source.onnx_path) if note is None else ""
     if note is None:
-        with progress.step("Re-exporting channels-first (--target openvino) as a layout candidate"):
+        cached = (_reexport_dir(source_sha) / MANIFEST).is_file()
+        with progress.step(("Checking the cached" if cached else "Re-exporting the") + " channels-first graph "
+                           "(--target openvino), a layout candidate"):
             path, note = _rebuild_channels_first(source, source_sha)
             if path is not None and not _same_function(source.onnx_path, path, samples[:4], source.batch):
                 path, note = None, "the re-export does not reproduce the source model's outputs"
