@@ -146,6 +146,18 @@ class TokenMapClassifier(nn.Module):
         return self.head
 
 
+class GroupNorm1(nn.GroupNorm):
+    """GroupNorm with a single group (statistics over C, H and W): every norm of PoolFormer and AS-MLP.
+
+    Kept as ``nn.GroupNorm``: the TorchScript ONNX exporter lowers it to Reshape -> InstanceNormalization ->
+    Reshape -> Mul -> Add (it never emits ONNX GroupNormalization, which TensorRT 10.16 computes wrongly for one
+    group, NVIDIA/TensorRT#4756).
+    """
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__(1, num_channels)
+
+
 class PooledClassifierHead(nn.Module):
     """Global average pool of an NCHW map, LayerNorm over channels (eps 1e-6), Linear.
 

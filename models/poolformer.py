@@ -17,20 +17,8 @@ import re
 import torch
 from torch import Tensor, nn
 
-from ._layers import PooledClassifierHead, StagedConvClassifier, init_weights
+from ._layers import GroupNorm1, PooledClassifierHead, StagedConvClassifier, init_weights
 from ._registry import DataCfg, Family, Paper, StateDict, VariantSpec, register_family
-
-
-class GroupNorm1(nn.GroupNorm):
-    """GroupNorm with a single group, as PoolFormer's every block norm.
-
-    Kept as ``nn.GroupNorm``: the TorchScript ONNX exporter lowers it to Reshape -> InstanceNormalization ->
-    Reshape -> Mul -> Add (it never emits ONNX GroupNormalization, which TensorRT 10.16 computes wrongly for one
-    group, NVIDIA/TensorRT#4756).
-    """
-
-    def __init__(self, num_channels: int) -> None:
-        super().__init__(1, num_channels)
 
 
 class Pooling(nn.Module):

@@ -13,7 +13,7 @@ REQUIRED = {
     "s2mlp_wide", "s2mlp_deep", "s2mlpv2_small", "s2mlpv2_medium", "mixer_s16_224", "mixer_b16_224",
     "resmlp_12_224", "resmlp_24_224", "resmlp_b24_224", "gmlp_ti16_224", "gmlp_s16_224", "gmlp_b16_224",
     "poolformer_s12", "poolformer_s24", "poolformer_s36", "poolformer_m36", "poolformer_m48",
-    "convnext_tiny", "convnext_small", "convnext_base",
+    "convnext_tiny", "convnext_small", "convnext_base", "asmlp_tiny", "asmlp_small", "asmlp_base",
 }
 
 
