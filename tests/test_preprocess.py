@@ -41,15 +41,17 @@ def test_any_mode_becomes_rgb(mode: str) -> None:
         assert np.asarray(rgb).min() == 255  # full-scale 16-bit and transparent-on-white are white
 
 
-@pytest.mark.parametrize("scale", [1.0, 255.0])
-def test_float_tiff_keeps_its_range(tmp_path, scale: float) -> None:
-    """A float TIFF in 0..1 (or 0..255) keeps its grey levels; PIL's own conversion would clip 0..1 to black."""
+@pytest.mark.parametrize(("scale", "overshoot"), [(1.0, 0.0), (1.0, 0.05), (255.0, 0.0)])
+def test_float_tiff_keeps_its_range(tmp_path, scale: float, overshoot: float) -> None:
+    """A float TIFF in 0..1 (or 0..255) keeps its grey levels; PIL's own conversion would clip 0..1 to black. A
+    pixel a little above 1.0 (resampling overshoot) is clipped, not taken for a 0..255 image."""
     ramp = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8) * scale
+    ramp[-1, -1] += overshoot
     path = tmp_path / "ramp.tif"
     Image.fromarray(ramp, mode="F").save(path)
     rgb = np.asarray(to_rgb(load_image(path)), dtype=np.float64)
     assert rgb.shape == (8, 8, 3)
-    assert np.abs(rgb[..., 0] - ramp / scale * 255.0).max() <= 0.5
+    assert np.abs(rgb[..., 0] - np.clip(ramp / scale, 0, 1) * 255.0).max() <= 0.5
 
 
 def test_float_image_with_nan_names_the_file(tmp_path) -> None:

@@ -242,14 +242,35 @@ def test_npy_npz_tensors_need_no_recipe(s2_run: Path, cli: Cli, tmp_path: Path) 
     np.save(data / "batch.npy", rng.standard_normal((10, 3, 56, 56), dtype=np.float32))
     np.savez(data / "more.npz", a=rng.standard_normal((3, 56, 56), dtype=np.float32),
              b=rng.standard_normal((5, 3, 56, 56), dtype=np.float32))
+    whole = (data / "more.npz").read_bytes()
+    (data / "truncated.npz").write_bytes(whole[: len(whole) // 2])  # numpy raises zipfile's BadZipFile
     code, stdout, _ = cli("quantize", bare, "--backend", "tensorrt", "--calibration-data", data, "--holdout", "3")
     assert code == 0, stdout
     c = _manifest(tmp_path / "bare-int8-tensorrt")["stages"]["quantize"]["calibration"]
     assert c["tensors"] == 16 and c["calibration_samples"] == 13 and c["held_out_samples"] == 3
+    assert [Path(p).name for p in c["skipped_unreadable_files"]] == ["truncated.npz"]
     np.save(data / "wrong.npy", np.zeros((3, 32, 32), np.float32))
     code, _, err = cli("quantize", bare, "--backend", "cpu", "--calibration-data", data, "-o", tmp_path / "w",
                        "--num-samples", "100")
     assert code == 2 and "(3, 32, 32)" in err and not (tmp_path / "w").exists()
+
+
+@pytest.fixture(scope="module")
+def b16_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("q") / "b16"
+    export_model(load_model("s2mlpv2_small", tiny=True), out, ExportOptions(batch=16))
+    return out
+
+
+@pytest.mark.parametrize("backend", ["cpu", "openvino"])
+def test_a_batch_larger_than_the_holdout_and_the_timing_samples(backend: str, b16_run: Path, tmp_path: Path) -> None:
+    """A fixed batch of 16: the layout timing (8 samples), the speed check and the layer SQNR (4 held out) fill
+    their last batch by repetition instead of failing or measuring nothing."""
+    result = quantize_run(b16_run, QuantizeOptions(backend=backend, output=tmp_path / "q", num_samples=16, holdout=4))
+    q = result.manifest["stages"]["quantize"]
+    assert q["layout"]["how"] in ("measured", "rule") and q["speed"]["batch"] == 16
+    assert result.fidelity.layer_samples == 4 and result.fidelity.worst_layers
+    assert all(np.isfinite(w.sqnr_db) for w in result.fidelity.worst_layers)
 
 
 def test_keep_float_by_names_and_op_types(s2_run: Path, cli: Cli, tmp_path: Path) -> None:
@@ -382,6 +403,7 @@ def test_eval_images_smaller_than_the_crop_are_left_out_and_counted(s2_run: Path
     accuracy = json.loads((tmp_path / "o" / "manifest.json").read_text())["stages"]["quantize"]["accuracy"]
     assert (accuracy["images"], accuracy["too_small"], accuracy["skipped"]) == (4, 4, 0)
     assert "4 smaller than the crop left out" in (tmp_path / "o" / "quantize.md").read_text()
+    assert "top-1 is measured on 4 of the 8 --eval-data images" in stdout + err
     code, _, err = cli("quantize", s2_run, *fast, "--eval-data", small, "-o", tmp_path / "o2")
     assert code == 2 and "--eval-data" in err and "smaller than the model's 56x56 crop" in err
     assert "--allow-upscale" in err and not (tmp_path / "o2").exists()

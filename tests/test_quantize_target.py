@@ -24,6 +24,7 @@ from vmlp_deploy.preprocess import Recipe
 from vmlp_deploy.quantize import QuantizeOptions, quantize_run
 from vmlp_deploy.quantize.fidelity import LogitsReport
 from vmlp_deploy.quantize.layout import decision_file
+from vmlp_deploy.quantize.registry import QUANTIZERS
 from vmlp_deploy.quantize.scheme import SCHEMES, choose_scheme
 from vmlp_deploy.quantize.stage import AccuracyReport, _host_vs_target_saturation, fidelity_gate
 
@@ -70,10 +71,14 @@ def test_scheme_errors_and_tensorrt() -> None:
 def test_the_warning_says_which_way_the_hosts_fidelity_errs() -> None:
     """Measured on a host whose integer path is not the target's: an AVX2 target's saturation is predicted; an
     8-bit model for a VNNI target measured on a saturating host looks worse than it will be there."""
-    assert "predicted separately" in _host_vs_target_saturation(SCHEMES["u8s8-7bit"], cpu.TARGETS["avx2"])
-    vnni_u8s8 = _host_vs_target_saturation(SCHEMES["u8s8"], cpu.TARGETS["avx512-vnni"])
+    ort, nncf = QUANTIZERS["cpu"], QUANTIZERS["openvino"]
+    avx2, vnni = cpu.TARGETS["avx2"], cpu.TARGETS["avx512-vnni"]
+    assert "predicted separately" in _host_vs_target_saturation(SCHEMES["u8s8-7bit"], avx2, ort)
+    assert "cannot saturate int16" in _host_vs_target_saturation(SCHEMES["u8s8-7bit"], avx2, nncf)
+    assert "not predicted for --backend openvino" in _host_vs_target_saturation(SCHEMES["u8s8"], avx2, nncf)
+    vnni_u8s8 = _host_vs_target_saturation(SCHEMES["u8s8"], vnni, ort)
     assert ("look worse than it will be" in vnni_u8s8) == cpu.host().isa.u8s8_saturates
-    assert "neither" in _host_vs_target_saturation(SCHEMES["u8s8-7bit"], cpu.TARGETS["avx512-vnni"])
+    assert "neither" in _host_vs_target_saturation(SCHEMES["u8s8-7bit"], vnni, nncf)
 
 
 def test_isa_facts_from_cpuinfo_text() -> None:

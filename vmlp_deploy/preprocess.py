@@ -69,16 +69,21 @@ class Recipe:
         )
 
 
+#: The largest float pixel still read as a 0..1 image (above it, 0..255).
+FLOAT_UNIT_RANGE_MAX = 2.0
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Grayscale, palette, RGBA (composited on white), 16-bit and float images all become 8-bit RGB.
 
     PIL's own conversion clips integer and float pixels to 0..255, which turns 16-bit scans white-ish and
-    float images in 0..1 (the usual float TIFF) black; their range is read from the pixels instead.
+    float images in 0..1 (the usual float TIFF) black; their range is read from the pixels instead. Float pixels
+    up to 2.0 count as 0..1 with overshoot (resampling, highlights), clipped like any out-of-range value.
     """
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         top = float(arr.max(initial=0.0))
-        peak = 1.0 if img.mode == "F" and top <= 1.0 else 255.0 if top <= 255 else 65535.0
+        peak = 1.0 if img.mode == "F" and top <= FLOAT_UNIT_RANGE_MAX else 255.0 if top <= 255 else 65535.0
         img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")

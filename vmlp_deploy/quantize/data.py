@@ -74,6 +74,15 @@ class SampleSet:
     stats: DataStats
 
 
+def whole_batches(samples: np.ndarray, batch: int | None, at_least: int = 0) -> np.ndarray:
+    """The first ``max(at_least, batch)`` samples, the last batch filled by repeating the last sample: a fixed
+    batch size would otherwise drop a short tail (``BatchReader``), or leave nothing to run at all."""
+    b = batch or 1
+    x = samples[: max(at_least, b)]
+    short = -len(x) % b
+    return np.concatenate([x, np.repeat(x[-1:], short, axis=0)]) if short else x
+
+
 class BatchReader:
     """NCHW batches of ``samples`` under ``input_name``: ONNX Runtime's calibration reader and an iterable.
 
@@ -193,7 +202,9 @@ def load_directory(
             if path.suffix.lower() in TENSOR_SUFFIXES:
                 try:
                     got = _tensor_samples(path, sample_shape)
-                except (ValueError, OSError, EOFError) as e:
+                except UserError:
+                    raise
+                except Exception as e:  # numpy's decoders raise zipfile, zlib, tokenize, ... errors: all unreadable
                     stats.skipped_unreadable.append(str(path))
                     first_problem = first_problem or str(e).splitlines()[0][:200]
                     continue
@@ -228,6 +239,10 @@ def load_directory(
         raise UserError(f"{root} gave only 1 usable sample: calibration and the held-out fidelity check need at "
                         "least 2 (a few hundred is better)")
     n_hold = holdout if len(samples) >= wanted else max(1, min(holdout, len(samples) // 5))
+    shapes = sorted({tuple(x.shape) for x in samples[:wanted]})
+    if len(shapes) > 1:
+        raise UserError(f"the tensors in {root} have different sample shapes ({', '.join(map(str, shapes[:3]))}): "
+                        "give every .npy/.npz the model's (C, H, W)")
     stacked = np.stack(samples[:wanted]).astype(np.float32)
     held_out, calibration = stacked[:n_hold], stacked[n_hold:]
     stats.calibration_samples, stats.held_out_samples = len(calibration), len(held_out)
@@ -307,7 +322,8 @@ class ImageFolder:
             raise UserError(f"--eval-data {root} has {len(classes)} class folders but the model predicts "
                             f"{num_classes} classes")
         files = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).rglob("*"))
-                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                 and not any(part.startswith(".") for part in p.relative_to(root).parts)]
         if not files:
             raise UserError(f"--eval-data {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return cls(root, classes, files)

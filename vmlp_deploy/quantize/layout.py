@@ -49,6 +49,7 @@ from ..records import host_environment
 from ..rundir import MANIFEST, sha256_file
 from ..targets import CHANNELS_FIRST, DEFAULT_TARGET, channels_first
 from .base import Quantizer
+from .data import whole_batches
 from .options import AS_GIVEN, AUTO
 from .report import ms
 from .source import SourceModel
@@ -169,13 +170,19 @@ def _read_decision(path: Path) -> tuple[dict[str, float], str] | None:
     return medians, measured_at
 
 
-def _write_decision(path: Path, medians: dict[str, float]) -> None:
-    """Written whole or not at all (rename), so a concurrent run never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_decision(path: Path, medians: dict[str, float]) -> str | None:
+    """Written whole or not at all (rename), so a concurrent run never reads half a file; a cache that cannot
+    be written costs the next run its timing, not this run its result. Returns why it was not kept, or None."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"int8_median_ms": medians,
-                               "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1) + "\n")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"int8_median_ms": medians,
+                                   "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1) + "\n")
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        return f"the timings could not be kept in {path.parent} ({e.strerror or e}): the next run times again"
+    return None
 
 
 def interleaved_medians(load: Loader, models: dict[str, Path], x: np.ndarray, threads: int | None,
@@ -251,8 +258,9 @@ def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: st
     else:
         medians, when = _time_candidates(quantizer, {AS_GIVEN: source, CHANNELS_FIRST: channels_first_source},
                                          samples, quick_quantize, load, work, progress, threads), ""
-        if memo is not None:
-            _write_decision(memo, medians)
+        unkept = _write_decision(memo, medians) if memo is not None else None
+        if unkept:
+            progress.note(unkept)
     progress.note("INT8 median latency by layout: " + ", ".join(f"{k} {ms(v)} ms" for k, v in medians.items())
                   + (" (from an earlier run on this host)" if earlier is not None else ""))
     ratio = medians[CHANNELS_FIRST] / medians[AS_GIVEN]
@@ -275,6 +283,6 @@ def _time_candidates(quantizer: type[Quantizer], sources: dict[str, SourceModel]
         for name, src in sources.items():
             folder = Path(scratch) / name
             folder.mkdir()
-            quantized[name] = quick_quantize(src, samples[:TIMING_SAMPLES], folder)
-        x = samples[: next(iter(sources.values())).batch or 1]
+            quantized[name] = quick_quantize(src, whole_batches(samples, src.batch, TIMING_SAMPLES), folder)
+        x = whole_batches(samples, next(iter(sources.values())).batch)
         return interleaved_medians(load, quantized, x, threads)

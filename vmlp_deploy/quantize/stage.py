@@ -34,7 +34,7 @@ from ..records import Artifacts, QuantizeStage, RunManifest, environment
 from ..rundir import check_output_dir, peak_rss_mb, sha256_file, staged_dir, write_manifest
 from ._bar import bar
 from .base import Quantizer, require_modules
-from .data import DataStats, ImageFolder, SampleSet, load_directory, load_embedded
+from .data import DataStats, ImageFolder, SampleSet, load_directory, load_embedded, whole_batches
 from .fidelity import WORST_LAYERS, FidelityReport, LogitsReport, compare_logits, layer_sqnr, run_all
 from .layout import WARMUP, LayoutChoice, QuickQuantize, choose_layout, interleaved_medians
 from .options import QuantizeOptions
@@ -306,11 +306,12 @@ def _auto_keep_float(quantizer: Quantizer, source: SourceModel, options: Quantiz
         return SearchResult([], True, [(0, baseline)])
     with progress.step("Ranking layers by local INT8 noise"):
         consumers = quantizer.quantized_consumers(int8_path)
-        ranked = rank_layers(quantizer.float_model, consumers, data.calibration[:RANK_SAMPLES], source.input_name,
+        rank_samples = whole_batches(data.calibration, source.batch, RANK_SAMPLES)
+        ranked = rank_layers(quantizer.float_model, consumers, rank_samples, source.input_name,
                              source.batch, quantizer.symmetric_activations, work, options.threads)
         if saturating:
             clipped = {layer.node: 10 ** (-layer.sqnr_db / 10) for layer in predict_saturation(
-                int8_path, data.calibration[:RANK_SAMPLES], source.input_name, source.batch, work)
+                int8_path, rank_samples, source.input_name, source.batch, work)
                 if layer.saturated_pairs}
             ranked = sorted((replace(r, noise_to_signal=r.noise_to_signal + clipped.get(r.node, 0.0)) for r in ranked),
                             key=lambda r: -r.noise_to_signal)
@@ -410,6 +411,10 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
             with steps.timed("accuracy"):
                 accuracy = _accuracy(run.folder, run.recipe, fp32, int8, run.source.batch, run.opt.allow_upscale,
                                      run.progress)
+            if accuracy.skipped or accuracy.too_small:
+                run.warnings.append(f"top-1 is measured on {accuracy.images} of the {len(run.folder.files)} --eval-data "
+                                    f"images: {accuracy.skipped} unreadable and {accuracy.too_small} smaller than the "
+                                    "model's crop left out (--allow-upscale enlarges the small ones)")
         release(int8)
         gate = _apply_gate(run, fidelity.logits, accuracy, len(keep))
         speed = _measure_speed(run, model_path, data.held_out)
@@ -436,7 +441,7 @@ def _settle(run_dir: Path, opt: QuantizeOptions, progress: Progress) -> _Run:
         if cap is None:
             warnings.append(f"this host ({cpu.host().isa.summary()}) does not run the integer kernels of --target-cpu "
                             f"{target.name} ({target.isa.summary()}) and {why_not}: fidelity below is the host's; "
-                            + _host_vs_target_saturation(choice.scheme, target))
+                            + _host_vs_target_saturation(choice.scheme, target, kind))
         else:
             progress.note(f"Measuring on {target.name}'s integer kernels: {cap.describe()}")
     out = opt.output or default_output(run_dir, opt.backend)
@@ -450,11 +455,17 @@ def _settle(run_dir: Path, opt: QuantizeOptions, progress: Progress) -> _Run:
                 recipe_origin, folder, warnings)
 
 
-def _host_vs_target_saturation(scheme: IntegerScheme, target: cpu.CpuTarget) -> str:
+def _host_vs_target_saturation(scheme: IntegerScheme, target: cpu.CpuTarget, kind: type[Quantizer]) -> str:
     """Which way the host's fidelity errs for the target: it misses the target's int16 saturation (predicted
-    separately), or it has saturation the target does not (then it understates the target's fidelity)."""
+    separately where the quantizer can), or it has saturation the target does not (then it understates the
+    target's fidelity)."""
     if target.isa.u8s8_saturates:
-        return "the target's saturation is predicted separately"
+        if kind.predicts_saturation:
+            return "the target's saturation is predicted separately"
+        if not scheme.saturates_on(target.isa):
+            return f"{scheme.name} cannot saturate int16 on the target"
+        return (f"the target's int16 saturation of {scheme.name} is not predicted for --backend {kind.backend}: "
+                f"check the accuracy on a {target.name} machine")
     if scheme.saturates_on(cpu.host().isa):
         return (f"this host's int16 saturation of {scheme.name}, which the target does not have, can make it look worse "
                 "than it will be there")
@@ -478,6 +489,7 @@ def _choose_layout(run: _Run, samples: np.ndarray, work: Path) -> LayoutChoice:
                            _quick_quantizer(run.kind, opt, run.choice.scheme, run.source.onnx_path), work, run.progress,
                            opt.threads, named_nodes=bool(opt.keep_float) and not opt.keep_float_auto,
                            decision_key={"backend": run.kind.backend, "scheme": run.choice.scheme.name,
+                                         "quantizer": environment(run.kind.required_modules),
                                          "threads": opt.threads, "model_type": opt.model_type,
                                          "smooth_quant_alpha": opt.smooth_quant_alpha,
                                          "qdq_layernorm": opt.qdq_layernorm})
@@ -539,8 +551,10 @@ def _measure_fidelity(run: _Run, quantizer: Quantizer, fp32: Session, model_path
         fidelity = FidelityReport(logits, quantizer.check_runtime, getattr(int8, "precision", "int8"))
         layers = quantizer.quantized_consumers(model_path)
         run_fp32, run_int8, pairs = quantizer.layer_probes(model_path, layers, work, threads, run.load_int8)
-        measured = layer_sqnr(run_fp32, run_int8, pairs, held_out[:LAYER_SAMPLES], source.input_name, source.batch)
-        fidelity.layers_measured, fidelity.layer_samples = len(measured), min(LAYER_SAMPLES, len(held_out))
+        probe = whole_batches(held_out, source.batch, LAYER_SAMPLES)
+        measured = layer_sqnr(run_fp32, run_int8, pairs, probe, source.input_name, source.batch)
+        fidelity.layers_measured = len(measured)
+        fidelity.layer_samples = min(len(held_out), max(LAYER_SAMPLES, source.batch or 1))
         fidelity.worst_layers = measured[:WORST_LAYERS]
         fidelity.layer_method = quantizer.layer_method
     return int8, fidelity, stand_in
@@ -575,7 +589,7 @@ def _measure_speed(run: _Run, model_path: Path, samples: np.ndarray) -> SpeedChe
     batch = run.source.batch or 1
     with run.steps.step(f"Timing INT8 against FP32 on this host ({SPEED_ROUNDS} interleaved rounds)", "speed"):
         medians = interleaved_medians(BACKENDS[runtime].load, {"fp32": run.source.onnx_path, "int8": model_path},
-                                      samples[:batch], run.opt.threads, SPEED_ROUNDS)
+                                      whole_batches(samples, batch), run.opt.threads, SPEED_ROUNDS)
     speed = SpeedCheck(medians["fp32"], medians["int8"], batch, SPEED_ROUNDS, runtime)
     int8_ms, fp32_ms = ms(speed.int8_ms), ms(speed.fp32_ms)
     run.progress.note(f"INT8 {int8_ms} ms vs FP32 {fp32_ms} ms on this host ({speed.ratio:.2f}x)")
