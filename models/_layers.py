@@ -146,6 +146,20 @@ class TokenMapClassifier(nn.Module):
         return self.head
 
 
+class ConvMlp(nn.Module):
+    """Channel MLP of NCHW maps as two 1x1 convolutions (weights [out, in, 1, 1], as timm, PoolFormer's and AS-MLP's
+    official code store them)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
 class GroupNorm1(nn.GroupNorm):
     """GroupNorm with a single group (statistics over C, H and W): every norm of PoolFormer and AS-MLP.
 

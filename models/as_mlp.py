@@ -20,21 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import GroupNorm1, init_weights
+from ._layers import ConvMlp, GroupNorm1, init_weights
 from ._registry import DataCfg, Family, Paper, VariantSpec, register_family
-
-
-class ConvMlp(nn.Module):
-    """Channel MLP as two 1x1 convolutions, named ``fc1``/``fc2`` as in the official code."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden, 1)
-        self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(hidden, dim, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class AxialShift(nn.Module):

@@ -17,7 +17,7 @@ import re
 import torch
 from torch import Tensor, nn
 
-from ._layers import GroupNorm1, PooledClassifierHead, StagedConvClassifier, init_weights
+from ._layers import ConvMlp, GroupNorm1, PooledClassifierHead, StagedConvClassifier, init_weights
 from ._registry import DataCfg, Family, Paper, StateDict, VariantSpec, register_family
 
 
@@ -41,19 +41,6 @@ class Scale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale.view(-1, 1, 1)
-
-
-class ConvMlp(nn.Module):
-    """Channel MLP as two 1x1 convolutions (weights [out, in, 1, 1], the shape timm and the official code store)."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden, 1)
-        self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(hidden, dim, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class PoolFormerBlock(nn.Module):
