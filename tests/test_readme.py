@@ -43,6 +43,8 @@ def readme_commands() -> list[str]:
 def _fast(argv: list[str]) -> list[str]:
     verb = argv[0]
     extra = list(FAST.get(verb, []))
+    if argv == ["quantize"]:  # the runs `deploy` then reuses: only settings deploy also sets may differ from its own
+        extra = ["--num-samples", "16"]
     if verb == "profile" and any(a in ("s2mlpv2_small", "s2mlpv2", "convnext_tiny") for a in argv[1:]):
         extra.append("--tiny")
     return argv + extra
@@ -75,3 +77,5 @@ def test_every_readme_command_runs(folder: Path, cli: Cli, monkeypatch: pytest.M
         argv = _fast(shlex.split(command)[1:])
         code, out, err = cli(*argv)
         assert code == 0, f"README command failed ({code}): {command}\n{err[-2000:]}"
+        if argv[0] == "deploy":
+            assert "quantize openvino: reusing" in out, "deploy reuses the INT8 run `quantize` made, as shown"

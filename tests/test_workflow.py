@@ -102,6 +102,12 @@ def test_deploy_tiny_and_reruns_reuse(workdir: Path, cli: Cli) -> None:
                          "--layer-runs", "0", "--no-charts", "--backend", "openvino")
     assert code == 0, err
     assert "reusing out/s2mlpv2_small-tiny " in out and "quantize openvino: reusing" in out
+    code, _, err = cli("deploy", "--model", "s2mlpv2", "--tiny", "--num-samples", "8", "-n", "5", "--layer-runs", "0",
+                       "--no-charts", "--backend", "openvino")
+    assert code == 2 and "quantized with other settings (num_samples 16 -> 8)" in err and "--overwrite" in err, err
+    (workdir / "a_file").write_text("")
+    code, _, err = cli("deploy", "--model", "s2mlpv2", "--tiny", "--root", "a_file/runs")
+    assert code == 2 and "a_file is a file, not a folder" in err and "-o" not in err
 
 
 @pytest.fixture(scope="module")

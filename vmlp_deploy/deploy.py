@@ -8,8 +8,10 @@ said so, so re-running ``deploy`` only measures again; ``--overwrite`` rebuilds 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .backends import BACKENDS
 from .errors import UserError
@@ -76,25 +78,48 @@ def _export(opt: DeployOptions, progress: Progress, reused: list[str]) -> Path:
             and _same_export(out, name, opt.tiny, opt.checkpoint)):
         reused.append(f"export: reusing {out} (same model, size and weights; --overwrite rebuilds it)")
         return out
+    if out.exists() and not opt.overwrite:
+        raise UserError(f"{out} exists and is not this export (another model, checkpoint, --seed or --input-size): "
+                        "pass --overwrite to rebuild it, or --root DIR to keep both")
     lm = load_model(name, checkpoint=opt.checkpoint, tiny=opt.tiny, input_size=opt.input_size, seed=opt.seed)
     result: ExportResult = export_model(lm, out, opt.export, overwrite=opt.overwrite, progress=progress)
     return result.out_dir
 
 
+#: The quantize settings deploy passes on (its own flags and their defaults), which a run is reused only for; a
+#: quantizer records others resolved (``model_type`` auto -> transformer), so those cannot be compared as given.
+_COMPARED = ("calibration_data", "num_samples", "holdout", "seed", "eval_data", "allow_upscale", "target_cpu",
+             "int8_scheme", "max_drop", "gate", "gate_agreement", "threads", "layout", "keep_float")
+
+
+def _changed_settings(recorded: dict[str, Any], wanted: QuantizeOptions) -> list[str]:
+    """The quantize settings of ``wanted`` that differ from those a run directory recorded, as ``name a -> b``."""
+    now = json.loads(json.dumps(wanted.to_dict(), default=str))
+    return [f"{k} {recorded.get(k)!r} -> {now.get(k)!r}" for k in _COMPARED if recorded.get(k) != now.get(k)]
+
+
 def _int8_run(export_dir: Path, backend: str, opt: DeployOptions, progress: Progress, reused: list[str]) -> RunInfo:
-    out = default_output(export_dir, backend)
+    wanted = replace(opt.quantize, backend=backend)
+    out = default_output(export_dir, backend, wanted.target_cpu)
     model_file = (export_dir / "model.onnx").resolve()
     run = None if opt.overwrite else read_run(out)
     q = run.record.quantize if run is not None and run.stage == "quantize" else None
     if run is not None and q is not None:
         source = q.source or {}
-        if (Path(source.get("onnx", "")).resolve() == model_file and source.get("sha256") == sha256_file(model_file)
-                and (q.settings or {}).get("target_cpu") == opt.quantize.target_cpu):
-            reused.append(f"quantize {backend}: reusing {out} (made from this export for --target-cpu "
-                          f"{opt.quantize.target_cpu}; --overwrite redoes it)")
-            return run
-    quantize_run(export_dir, replace(opt.quantize, backend=backend, output=out, overwrite=opt.overwrite),
-                 progress=progress)
+        if Path(source.get("onnx", "")).resolve() != model_file or source.get("sha256") != sha256_file(model_file):
+            raise UserError(f"{out} was quantized from another model than {export_dir}: pass --overwrite to redo "
+                            "it, or --root DIR to deploy elsewhere")
+        changed = _changed_settings(q.settings or {}, wanted)
+        if changed:
+            raise UserError(f"{out} was quantized with other settings ({'; '.join(changed[:4])}): pass --overwrite "
+                            "to redo it with these, or --root DIR to keep both")
+        reused.append(f"quantize {backend}: reusing {out} (made from this export with the same settings; "
+                      "--overwrite redoes it)")
+        return run
+    if out.exists() and not opt.overwrite:
+        raise UserError(f"{out} exists and is not a quantize run of {export_dir}: pass --overwrite to replace it, or "
+                        "--root DIR to deploy elsewhere")
+    quantize_run(export_dir, replace(wanted, output=out, overwrite=opt.overwrite), progress=progress)
     made = read_run(out)
     assert made is not None, "quantize_run writes a manifest"
     return made
@@ -114,6 +139,9 @@ def deploy(opt: DeployOptions, progress: Progress | None = None) -> DeployResult
     if not opt.backends:
         *most, last = QUANTIZERS
         raise UserError(f"--backend names no backend: use {', '.join(most)} and/or {last}")
+    blocker = next((d for d in (opt.root, *opt.root.parents) if d.exists() and not d.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"--root {opt.root}: {blocker} is a file, not a folder: pass a folder for the runs")
     opt.profile.check()
     for backend in opt.backends:  # every refusal before the export is spent (data folders too)
         replace(opt.quantize, backend=backend).check()

@@ -191,10 +191,11 @@ class QuantizeResult:
         return self.record.to_json()
 
 
-def default_output(path: Path, backend: str) -> Path:
-    """``<run_dir>-int8-<backend>`` beside the source run directory (or ONNX file)."""
+def default_output(path: Path, backend: str, target_cpu: str = "host") -> Path:
+    """``<run_dir>-int8-<backend>`` beside the source run directory (or ONNX file), ``-<target>`` added for a
+    named ``--target-cpu``, so the model for another CPU does not take (or meet) the host's run directory."""
     base = path.with_suffix("") if path.is_file() else path
-    return base.with_name(f"{base.name}-int8-{backend}")
+    return base.with_name(f"{base.name}-int8-{backend}" + ("" if target_cpu == "host" else f"-{target_cpu}"))
 
 
 def _quick_quantizer(kind: type[Quantizer], opt: QuantizeOptions, scheme: IntegerScheme,
@@ -444,7 +445,7 @@ def _settle(run_dir: Path, opt: QuantizeOptions, progress: Progress) -> _Run:
                             + _host_vs_target_saturation(choice.scheme, target, kind))
         else:
             progress.note(f"Measuring on {target.name}'s integer kernels: {cap.describe()}")
-    out = opt.output or default_output(run_dir, opt.backend)
+    out = opt.output or default_output(run_dir, opt.backend, opt.target_cpu)
     check_output_dir(out, opt.overwrite)
     recipe, recipe_origin = resolve_recipe(source, opt.recipe)
     folder = ImageFolder.open(opt.eval_data, source.num_classes) if opt.eval_data else None
