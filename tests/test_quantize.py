@@ -288,6 +288,12 @@ def test_keep_float_by_names_and_op_types(s2_run: Path, cli: Cli, tmp_path: Path
     code, _, err = cli("quantize", s2_run, "--backend", "cpu", "-o", tmp_path / "bad", "--keep-float", "NoSuchOp",
                        *FAST)
     assert code == 2 and "NoSuchOp" in err and not (tmp_path / "bad").exists()
+    code, stdout, err = cli("quantize", s2_run, "--backend", "cpu", "-o", tmp_path / "all", "--keep-float", "*",
+                            *FAST)
+    assert code == 0 and "no layer is quantized" in stdout + err and "∞ dB" in stdout, err
+    code, stdout, _ = cli("runs", "--root", tmp_path)
+    line = next(line for line in stdout.splitlines() if line.startswith("all "))
+    assert "SQNR ∞ dB" in line and "unreadable" not in line
 
 
 def test_keep_float_auto_searches_within_its_budget(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ set, plus the fields its stage has always written as ``null``.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from dataclasses import dataclass, field, fields
@@ -355,6 +356,19 @@ class ProfileRecord:
     def to_dict(self) -> dict[str, Any]:
         """The record as ``profile.json`` holds it: every field, in order, values as they are."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def db_to_json(v: float) -> float | str:
+    """A decibel figure as JSON can hold it: an exact match (no noise) is ``"inf"``, which JSON has no number for."""
+    return v if math.isfinite(v) else ("inf" if v > 0 else "-inf")
+
+
+def format_db(v: float | str | None) -> str:
+    """A decibel figure from a manifest (a number, or ``"inf"``/``"-inf"``) for a table: ``13.4``, ``∞``."""
+    if v is None:
+        return "-"
+    value = float(v)
+    return f"{value:.1f}" if math.isfinite(value) else ("∞" if value > 0 else "-∞")
 
 
 def environment(optional: tuple[str, ...] = ()) -> dict[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .records import ManifestError, ProfileRecord, RunManifest
+from .records import ManifestError, ProfileRecord, RunManifest, format_db
 from .rundir import MANIFEST
 
 #: Where runs go when no ``-o`` is given.
@@ -73,7 +73,7 @@ def _info(path: Path, manifest: RunManifest) -> RunInfo:
         f = q.fidelity or {}
         acc = q.accuracy
         figure = (f"top-1 {acc['top1_delta_points']:+.2f} pts" if acc else
-                  f"agreement {f.get('top1_agreement', 0):.0%}, SQNR {f.get('sqnr_db', 0):.1f} dB" if f else "")
+                  f"agreement {f.get('top1_agreement', 0):.0%}, SQNR {format_db(f.get('sqnr_db'))} dB" if f else "")
     elif stage == "profile" and manifest.profile:
         p = manifest.profile
         options = p.options or {}

@@ -13,6 +13,7 @@ from rich.text import Text
 from .. import arg_types
 from ..cpu import TARGET_NAMES, targets_help
 from ..errors import UserError
+from ..records import format_db
 from ..runs import latest_float_run
 from .base import missing_modules
 from .options import LAYOUTS, METHODS, MODEL_TYPES, PERCENTILE, QuantizeOptions, RecipeOverrides
@@ -176,10 +177,10 @@ def print_result(console: Console, result: QuantizeResult) -> None:
     table.add_row("top-1 agreement", f"{f.top1_agreement:.2%}")
     table.add_row("top-5 agreement", f"{f.top5_agreement:.2%}")
     table.add_row("logits cosine (mean / worst)", f"{f.cosine_mean:.5f} / {f.cosine_min:.5f}")
-    table.add_row("logits SQNR", f"{f.sqnr_db:.1f} dB")
+    table.add_row("logits SQNR", f"{format_db(f.sqnr_db)} dB")
     if result.fidelity.worst_layers:
         w = result.fidelity.worst_layers[0]
-        table.add_row("worst layer SQNR", f"{w.sqnr_db:.1f} dB ({w.op_type} {w.node})")
+        table.add_row("worst layer SQNR", f"{format_db(w.sqnr_db)} dB ({w.op_type} {w.node})")
     if result.accuracy is not None:
         a = result.accuracy
         table.add_row(f"top-1 accuracy on {a.images} images", f"FP32 {a.top1_fp32:.2%} / INT8 {a.top1_int8:.2%} "

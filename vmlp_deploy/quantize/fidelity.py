@@ -37,6 +37,7 @@ from onnx import numpy_helper
 from ..backends import Loader, RunOptions, Session
 from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..backends.openvino import OpenVinoBackend
+from ..records import db_to_json
 from .data import BatchReader
 
 WORST_LAYERS = 10
@@ -121,15 +122,12 @@ class FidelityReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self.logits)
-        d["sqnr_db"] = _finite(self.logits.sqnr_db)
+        d["sqnr_db"] = db_to_json(self.logits.sqnr_db)
         d.update(runtime=self.runtime, precision=self.precision, layers_measured=self.layers_measured,
                  layer_samples=self.layer_samples, layer_method=self.layer_method,
                  worst_layers=[finite_dict(w) for w in self.worst_layers])
         return d
 
-
-def _finite(v: float) -> float | str:
-    return v if np.isfinite(v) else ("inf" if v > 0 else "-inf")
 
 
 def layer_sqnr(
@@ -248,5 +246,5 @@ def ov_layer_probes(float_model: Path, int8_model: Path, nodes: list[str], work:
 
 def finite_dict(layer: LayerSqnr) -> dict[str, Any]:
     d = asdict(layer)
-    d["sqnr_db"] = _finite(layer.sqnr_db)
+    d["sqnr_db"] = db_to_json(layer.sqnr_db)
     return d

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..records import QuantizeStage
+from ..records import QuantizeStage, format_db
 
 if TYPE_CHECKING:
     from .stage import QuantizeResult
@@ -14,10 +14,6 @@ if TYPE_CHECKING:
 def ms(v: float) -> str:
     """A latency with three significant figures or more: sub-millisecond runs of tiny models stay readable."""
     return f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
-
-
-def _db(v: float | str) -> str:
-    return v if isinstance(v, str) else (f"{v:.1f}" if abs(v) != float("inf") else ("∞" if v > 0 else "-∞"))
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -43,7 +39,7 @@ def render(r: QuantizeResult) -> str:
         ["top-1 agreement", f"{f.top1_agreement:.2%}"],
         ["top-5 agreement (FP32 top-1 in INT8 top-5)", f"{f.top5_agreement:.2%}"],
         ["logits cosine, mean / worst", f"{f.cosine_mean:.5f} / {f.cosine_min:.5f}"],
-        ["logits SQNR", f"{_db(f.sqnr_db)} dB"],
+        ["logits SQNR", f"{format_db(f.sqnr_db)} dB"],
         ["runtime", r.fidelity.runtime + ("" if r.fidelity.precision == "int8"
                                           else f" (float parts pinned to {r.fidelity.precision})")],
     ])
@@ -52,7 +48,7 @@ def render(r: QuantizeResult) -> str:
                  f"{r.fidelity.layer_samples} samples; {r.fidelity.layer_method})")
         lines += [title, ""]
         lines += _table(["node", "op", "SQNR dB"],
-                        [[f"`{w.node}`", w.op_type, _db(w.sqnr_db)] for w in r.fidelity.worst_layers])
+                        [[f"`{w.node}`", w.op_type, format_db(w.sqnr_db)] for w in r.fidelity.worst_layers])
     if r.accuracy is not None:
         a = r.accuracy
         small = f", {a.too_small} smaller than the crop left out" if a.too_small else ""
@@ -147,7 +143,7 @@ def _saturation_section(pred: dict[str, Any] | None) -> list[str]:
              f"{sm['saturating_layers']} of {sm['layers']} integer layers. Method: {pred['method']}.", ""]
     if sm["saturated_pairs"]:
         lines += _table(["node", "kernel", "pairs saturated", "output SQNR dB"],
-                        [[f"`{w['node']}`", w["kernel"], f"{w['rate']:.3%}", _db(w["sqnr_db"])]
+                        [[f"`{w['node']}`", w["kernel"], f"{w['rate']:.3%}", format_db(w["sqnr_db"])]
                          for w in pred["worst_layers"] if w["saturated_pairs"]])
     return lines
 

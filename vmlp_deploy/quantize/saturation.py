@@ -44,6 +44,7 @@ from onnx import numpy_helper
 
 from ..backends import RunOptions
 from ..backends.onnxruntime import OnnxRuntimeBackend
+from ..records import db_to_json
 
 INT16_MIN, INT16_MAX = -32768, 32767
 #: Bytes the pair products of one chunk of rows may take (int32 products plus temporaries).
@@ -379,7 +380,7 @@ class LayerSaturation:
     def to_dict(self) -> dict[str, Any]:
         return {"node": self.node, "op_type": self.op_type, "kernel": self.kernel, "reduction": self.reduction,
                 "pairs": self.pairs, "saturated_pairs": self.saturated_pairs, "rate": self.rate,
-                "sqnr_db": _finite(self.sqnr_db)}
+                "sqnr_db": db_to_json(self.sqnr_db)}
 
 
 @dataclass(frozen=True)
@@ -401,9 +402,6 @@ class SaturationSummary:
                 "saturated_pairs": self.saturated_pairs, "rate": self.rate,
                 "worst": self.worst.to_dict() if self.worst is not None else None}
 
-
-def _finite(v: float) -> float | str:
-    return v if np.isfinite(v) else ("inf" if v > 0 else "-inf")
 
 
 def summarize(layers: list[LayerSaturation]) -> SaturationSummary:

@@ -403,6 +403,9 @@ def quantize_run(run_dir: Path, options: QuantizeOptions | None = None, *,
             keep = sensitivity.kept
         graph_check = quantizer.post_check(model_path, run.progress)
         int8, fidelity, stand_in = _measure_fidelity(run, quantizer, fp32, model_path, data.held_out, work)
+        if not fidelity.layers_measured:
+            run.warnings.append("no layer is quantized (--keep-float keeps them all in float): this model is the FP32 "
+                                "one with extra nodes, not INT8; keep fewer layers in float")
         saturation = None
         if quantizer.predicts_saturation and run.target.isa.u8s8_saturates:
             saturation = _target_saturation(run, model_path, data.held_out, work)
