@@ -164,6 +164,13 @@ def deploy(opt: DeployOptions, progress: Progress | None = None) -> DeployResult
     with progress.step("Stage 3/3: profile FP32 and INT8 side by side"):
         result = profile_models([str(export_dir), *(str(d) for d in int8_dirs.values())], profile_opt,
                                 default_output_dir(opt.root), progress=progress)
+    for backend in opt.backends:
+        runtime = QUANTIZERS[backend].backend
+        if runtime not in profile_backends:
+            why = BACKENDS[runtime].unavailable_reason() or f"{runtime} was left out so the others are compared alike"
+            result.warnings.append(f"{backend}: its INT8 model {int8_dirs[backend]} is not timed on {runtime} here "
+                                   f"({why.rstrip('.')}); its row shows fidelity only, and `vmlp-deploy profile "
+                                   f"{int8_dirs[backend]} --backend {runtime}` times it where {runtime} runs")
     rows = speedup_rows(result.records, export_dir.name, int8_runs)
     files = {"export": str(export_dir), **{f"INT8 {b}": str(d) for b, d in int8_dirs.items()},
              "profile": str(result.out_dir)}

@@ -246,8 +246,9 @@ def load_directory(
     stacked = np.stack(samples[:wanted]).astype(np.float32)
     held_out, calibration = stacked[:n_hold], stacked[n_hold:]
     stats.calibration_samples, stats.held_out_samples = len(calibration), len(held_out)
-    if len(calibration) < num_samples:
-        stats.note = f"only {len(calibration)} calibration samples available (asked for {num_samples})"
+    if len(calibration) < num_samples or len(held_out) < holdout:
+        stats.note = (f"only {len(samples)} samples in {root}: {len(calibration)} calibrate (asked for {num_samples}) "
+                      f"and {len(held_out)} are held out to measure fidelity (asked for {holdout})")
     return SampleSet(calibration, held_out, stats)
 
 
