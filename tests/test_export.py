@@ -153,6 +153,7 @@ def test_architecture_inferred_from_a_full_size_checkpoint(tmp_path: Path) -> No
         (["export", "--model", "convnext_tiny", "--tiny", "--checkpoint", "nope.pth"], "does not exist"),
         (["export", "--model", "convnext_tiny", "--tiny", "--opset", "11"], "--opset 11 is not supported"),
         (["export", "--model", "convnext_tiny", "--tiny", "--batch", "2", "--dynamic-batch"], "exclude each other"),
+        (["export", "--model", "s2mlpv2", "--tiny", "--dynamic-batch", "--target", "openvino"], "needs static shapes"),
     ],
 )
 def test_bad_input_is_one_clear_line(cli, tmp_path: Path, monkeypatch, args: list[str], message: str) -> None:

@@ -66,6 +66,9 @@ class ExportOptions:
             )
         if self.target not in TARGETS:
             raise UserError(f"unknown --target {self.target!r}: use one of {', '.join(TARGETS)}")
+        if self.dynamic_batch and self.target != DEFAULT_TARGET:
+            raise UserError(f"--target {self.target} lays out the rewritten graph, which needs static shapes, and "
+                            "--dynamic-batch leaves the batch symbolic: drop one of them (--batch N fixes a batch)")
         if not self.rewrite and self.target != DEFAULT_TARGET:
             raise UserError(f"--target {self.target} lays out the rewritten graph, and --no-rewrite keeps the naive "
                             "one: drop one of them")
@@ -215,6 +218,9 @@ def export_model(
         if opt.rewrite:
             with steps.step("Rewriting token-mixing shifts into Pad + grouped Conv (verified)", "rewrite"):
                 summary = _rewrite(graph, opt)
+            if opt.dynamic_batch and not graph.rewrite.get("patterns"):
+                summary = ["no shift rewritten: the rewrite needs static shapes and --dynamic-batch leaves the batch "
+                           "symbolic (export with --batch N to rewrite)"]
             for line in summary:
                 steps.note(line)
         with steps.step("Checking the graph (onnx checker, shape inference)", "check"):

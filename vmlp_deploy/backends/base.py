@@ -134,6 +134,9 @@ class Backend(Protocol):
     #: The environment variable that caps the instruction set its CPU kernels dispatch on (read once per
     #: process, so a capped session runs in a child: ``isa_cap``), or None where the runtime offers none.
     isa_cap_env: str | None
+    #: The ``RunOptions`` fields only this runtime reads (``spinning``, ``opt_level``): set for another, they
+    #: would be ignored, so ``profile`` refuses them there.
+    own_options: tuple[str, ...]
 
     def default_streams(self, threads: int) -> int:
         """Requests in flight for a throughput run when ``--streams`` is not given."""
@@ -163,6 +166,7 @@ class HostCpuPolicy:
 
     accelerator: bool = False
     isa_cap_env: str | None = None
+    own_options: tuple[str, ...] = ()
 
     def default_streams(self, threads: int) -> int:
         return threads

@@ -210,6 +210,7 @@ class OnnxRuntimeBackend(HostCpuPolicy):
     fixed_device: str | None = "CPU"
     #: MLAS dispatches on CPUID and offers no variable to cap it.
     isa_cap_env: str | None = None
+    own_options: tuple[str, ...] = ("spinning", "opt_level")
 
     def available(self) -> bool:
         return True

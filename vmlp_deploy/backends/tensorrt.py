@@ -420,6 +420,7 @@ class TensorRtBackend:
     fixed_device: str | None = "GPU"
     accelerator: bool = True
     isa_cap_env: str | None = None
+    own_options: tuple[str, ...] = ()
 
     def default_streams(self, threads: int) -> int:
         """Two CUDA streams keep the GPU busy while the host prepares the next request; CPU threads say nothing."""

@@ -72,7 +72,7 @@ def _export_zoo(name: str, tiny: bool, batch: int | None, progress: Progress, ta
 
     out = zoo_cache_dir(name, tiny, batch, target)
     if not (out / MANIFEST).is_file():
-        options = (ExportOptions(dynamic_batch=True, target=target) if batch is None
+        options = (ExportOptions(dynamic_batch=True) if batch is None  # naive either way: no layout to choose
                    else ExportOptions(batch=batch, target=target))
         with progress.step(f"Exporting {name}{' (tiny)' if tiny else ''} (--target {target}) into the cache {out}"):
             export_model(load_model(name, tiny=tiny), out, options, overwrite=True)

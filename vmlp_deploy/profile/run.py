@@ -83,13 +83,13 @@ class ProfileOptions:
         if self.streams is not None and "throughput" not in self.modes:
             raise UserError("--streams sets the parallel requests of --mode throughput (latency runs one): add "
                             "--mode throughput or both, or drop --streams")
-        named = set(self.backends) - {"all"}
-        if named and "cpu" not in named and (not self.spinning or self.opt_level != "all"):
-            raise UserError("--spinning and --opt-level set ONNX Runtime, which this run does not use: add "
-                            "--backend cpu, or drop them")
-        if named and "openvino" not in named and self.device != "CPU":
-            raise UserError(f"--device {self.device} picks an OpenVINO device, and this run does not use OpenVINO: "
-                            "add --backend openvino, or drop --device")
+        named = [b for b in self.backends if b != "all"]
+        changed = [f for f, set_ in (("spinning", not self.spinning), ("opt_level", self.opt_level != "all")) if set_]
+        for flag in changed:
+            if named and not any(flag in BACKENDS[b].own_options for b in named):
+                readers = ", ".join(n for n, b in BACKENDS.items() if flag in b.own_options)
+                raise UserError(f"--{flag.replace('_', '-')} is read by --backend {readers} only, which this run "
+                                f"does not use: add it, or drop --{flag.replace('_', '-')}")
         if self.input_shape is not None and min(self.input_shape) < 1:
             raise UserError(f"--input-shape dimensions must be positive, got {list(self.input_shape)}")
         if self.layer_runs < 0:
