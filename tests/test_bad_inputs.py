@@ -199,6 +199,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     strings = f / "npy_dtype"
     strings.mkdir()
     np.save(strings / "x.npy", np.full((4, 3, 56, 56), "a", dtype="<U1"))
+    raw = f / "npy_uint8"
+    raw.mkdir()
+    np.save(raw / "x.npy", np.full((4, 3, 56, 56), 200, np.uint8))
     for name, value in (("npy_nan", np.nan), ("npy_inf", np.inf)):
         d = f / name
         d.mkdir()
@@ -298,6 +301,7 @@ CASES = [
     Case("npy-wrong-shape", Q + " --calibration-data {npy_shape}", 2, r"shape \(4, 3, 17, 17\).*model takes"),
     Case("npz-wrong-channels", Q + " --calibration-data {npz_shape}", 2, r"shape \(4, 1, 56, 56\).*model takes"),
     Case("npy-wrong-dtype", Q + " --calibration-data {npy_dtype}", 2, r"dtype.*<U1.*float"),
+    Case("npy-raw-pixels", Q + " --calibration-data {npy_uint8}", 2, r"uint8 tensors, which look like raw pixels.*float32"),
     Case("npy-nan", Q + " --calibration-data {npy_nan}", 2, r"NaN or infinite"),
     Case("npy-inf", Q + " --calibration-data {npy_inf}", 2, r"NaN or infinite"),
     # outputs

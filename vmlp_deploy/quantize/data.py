@@ -155,7 +155,11 @@ def _tensor_samples(path: Path, shape: tuple[int, ...] | None) -> list[np.ndarra
             want = "(C, H, W) or (N, C, H, W)" if shape is None else f"{shape} or (N, {', '.join(map(str, shape))})"
             raise UserError(f"{path} holds a tensor of shape {stored}; the model takes {want}: "
                             "save preprocessed NCHW float tensors of the model's input size")
-        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+            raise UserError(f"{path} holds {a.dtype} tensors, which look like raw pixels: .npy/.npz calibration data "
+                            "is fed to the model as it is, so save it preprocessed (normalised) as float32, or pass "
+                            "the images themselves")
+        if not np.issubdtype(a.dtype, np.floating):
             raise ValueError(f"{path.name} has dtype {a.dtype}: save preprocessed float32 tensors")
         a = a.astype(np.float32)
         if not np.isfinite(a).all():
