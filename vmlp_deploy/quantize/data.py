@@ -74,13 +74,16 @@ class SampleSet:
     stats: DataStats
 
 
-def whole_batches(samples: np.ndarray, batch: int | None, at_least: int = 0) -> np.ndarray:
-    """The first ``max(at_least, batch)`` samples, the last batch filled by repeating the last sample: a fixed
-    batch size would otherwise drop a short tail (``BatchReader``), or leave nothing to run at all."""
-    b = batch or 1
-    x = samples[: max(at_least, b)]
-    short = -len(x) % b
+def fill_batch(x: np.ndarray, batch: int | None) -> np.ndarray:
+    """``x`` padded to a whole number of fixed batches by repeating its last sample (unchanged without one)."""
+    short = -len(x) % (batch or 1)
     return np.concatenate([x, np.repeat(x[-1:], short, axis=0)]) if short else x
+
+
+def whole_batches(samples: np.ndarray, batch: int | None, at_least: int = 0) -> np.ndarray:
+    """The first ``max(at_least, batch)`` samples, the last batch filled: a fixed batch size would otherwise drop
+    a short tail (``BatchReader``), or leave nothing to run at all."""
+    return fill_batch(samples[: max(at_least, batch or 1)], batch)
 
 
 class BatchReader:
@@ -124,6 +127,11 @@ def require_data_root(root: Path) -> None:
         raise UserError(f"calibration data {root} does not exist: pass a directory of images or .npy/.npz files")
 
 
+def _visible(path: Path, root: Path) -> bool:
+    """Not hidden below ``root`` (``.ipynb_checkpoints/``, macOS ``._*`` copies): never data of the user's."""
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def _candidate_files(root: Path) -> list[Path]:
     suffixes = IMAGE_SUFFIXES + TENSOR_SUFFIXES
     require_data_root(root)
@@ -134,8 +142,7 @@ def _candidate_files(root: Path) -> list[Path]:
     if not root.is_dir():
         raise UserError(f"calibration data {root} is neither a directory nor a file: pass a directory of images "
                         "or .npy/.npz files")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes and _visible(p, root))
 
 
 def _tensor_samples(path: Path, shape: tuple[int, ...] | None) -> list[np.ndarray]:
@@ -327,8 +334,7 @@ class ImageFolder:
             raise UserError(f"--eval-data {root} has {len(classes)} class folders but the model predicts "
                             f"{num_classes} classes")
         files = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).rglob("*"))
-                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                 and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and _visible(p, root)]
         if not files:
             raise UserError(f"--eval-data {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return cls(root, classes, files)

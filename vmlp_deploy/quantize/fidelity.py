@@ -38,7 +38,7 @@ from ..backends import Loader, RunOptions, Session
 from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..backends.openvino import OpenVinoBackend
 from ..records import db_to_json
-from .data import BatchReader
+from .data import BatchReader, fill_batch
 
 WORST_LAYERS = 10
 
@@ -93,10 +93,7 @@ def run_all(session: Session, samples: np.ndarray, batch: int | None, chunk: int
     outs = []
     for i in range(0, len(samples), step):
         x = samples[i : i + step]
-        n = len(x)
-        if batch and n < batch:
-            x = np.concatenate([x, np.repeat(x[-1:], batch - n, axis=0)])
-        outs.append(session.run(x)[0][:n])
+        outs.append(session.run(fill_batch(x, batch))[0][: len(x)])
     return np.concatenate(outs)
 
 

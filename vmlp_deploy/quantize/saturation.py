@@ -45,6 +45,7 @@ from onnx import numpy_helper
 from ..backends import RunOptions
 from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..records import db_to_json
+from .data import fill_batch
 
 INT16_MIN, INT16_MAX = -32768, 32767
 #: Bytes the pair products of one chunk of rows may take (int32 products plus temporaries).
@@ -416,10 +417,7 @@ def _batches(samples: np.ndarray, batch: int | None) -> Iterator[tuple[np.ndarra
     step = batch or 1
     for i in range(0, len(samples), step):
         x = samples[i : i + step]
-        n = len(x)
-        if batch and n < batch:
-            x = np.concatenate([x, np.repeat(x[-1:], batch - n, axis=0)])
-        yield x, n
+        yield fill_batch(x, batch), len(x)
 
 
 def predict(qdq_model: Path, samples: np.ndarray, input_name: str, batch: int | None, work: Path,
