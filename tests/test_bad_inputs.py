@@ -328,6 +328,8 @@ CASES = [
     Case("percentile-without-its-method", Q + " --percentile 50", 2, r"--percentile applies to --method percentile"),
     Case("ort-flag-without-ort", "profile {onnx} --backend openvino --spinning off -o {out}", 2,
          r"--spinning is read by --backend cpu only.*add it, or drop --spinning"),
+    Case("tiny-for-a-file", "profile {onnx} --backend cpu --tiny --target openvino -o {out}", 2,
+         r"--tiny and --target openvino choose how a zoo name is exported.*drop them"),
     Case("streams-in-latency-mode", "profile {onnx} --backend cpu --streams 4 -o {out}", 2,
          r"--streams .*--mode throughput"),
     Case("runs-root-is-a-file", "runs --root {a_file}", 2, r"a_file is a file", output="-"),

@@ -296,6 +296,19 @@ def test_throughput_mode_and_duration(cli: Cli, run_dir: Path, tmp_path: Path) -
     ov = next(r for r in doc["records"] if r["backend"] == "openvino" and r["mode"] == "throughput")
     assert ov["settings"]["requests_in_flight"] >= 2 and ov["settings"]["performance_hint"].endswith("THROUGHPUT")
     assert not (out / "latency.png").exists()
+    assert "draining" not in err
+
+
+def test_throughput_from_too_few_inferences_is_flagged(cli: Cli, run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "few"
+    code, out_text, err = cli("profile", run_dir, "--backend", "cpu", "--mode", "throughput", "--streams", "2",
+                              "--threads", "2", "-n", "3", "--warmup", "1", "--no-peak", "--layer-runs", "0",
+                              "--no-charts", "-o", out)
+    assert code == 0, err
+    (record,) = load_profile(out)["records"]
+    assert record["iterations"] == 3
+    assert any("filling and draining" in w and "--iterations 8 or more" in w for w in record["warnings"])
+    assert "filling and draining" in " ".join(out_text.split())
 
 
 def test_zoo_name_exported_for_the_chosen_target(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,9 @@ from ..backends.base import Concurrent, Timer
 from ..errors import UserError
 
 MODES = ("latency", "throughput")
+#: Inferences per throughput visit, in multiples of its requests in flight: fewer would time mostly the filling
+#: and draining of the requests rather than their steady rate.
+FILL_DRAIN_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ def _visit(probe: Probe, n: int) -> tuple[float, list[float]]:
 
 def _chunk(probe: Probe, per_inference_s: float, chunk_s: float) -> int:
     n = max(1, round(chunk_s / max(per_inference_s, 1e-6)))
-    return max(n, 2 * probe.requests) if probe.mode == "throughput" else n
+    return max(n, FILL_DRAIN_FACTOR * probe.requests) if probe.mode == "throughput" else n
 
 
 def measure(probes: Sequence[Probe], plan: MeasurePlan,

@@ -31,7 +31,8 @@ from ..targets import DEFAULT_TARGET
 from .ceiling import Clock, Rate, ceiling_dict, ceilings, host_clock
 from .inputs import NAIVE_DYNAMIC_BATCH, ModelInput, resolve_inputs
 from .layers import aggregate
-from .measure import MODES, MeasurePlan, Probe, Samples, latency_stats, measure, spread, throughput
+from .measure import (FILL_DRAIN_FACTOR, MODES, MeasurePlan, Probe, Samples, latency_stats, measure, spread,
+                      throughput)
 from .peak import DEFAULT_SIZE, KINDS, Peak, measure_probe
 from .report import write_outputs
 
@@ -107,6 +108,16 @@ class ProfileOptions:
         d["plan"] = self.plan.to_dict()
         return d
 
+
+
+def _check_zoo_only_flags(models: Sequence[ModelInput], options: ProfileOptions) -> None:
+    """--tiny and --target shape the export of a zoo name; on files and run directories they would do nothing."""
+    flags = [f for f, set_ in (("--tiny", options.tiny), (f"--target {options.target}",
+                                                        options.target != DEFAULT_TARGET)) if set_]
+    if flags and not any(m.kind == "zoo" for m in models):
+        raise UserError(f"{' and '.join(flags)} choose how a zoo name is exported, and no input here is a zoo name: "
+                        f"drop {'them' if len(flags) > 1 else 'it'}, or export the model that way first "
+                        f"(`vmlp-deploy export --model NAME {' '.join(flags)}`) and profile that run directory")
 
 @dataclass
 class Config:
@@ -340,6 +351,7 @@ def profile_models(
     require_backends(options.backends)
     models = resolve_inputs(inputs, tiny=options.tiny, sample_shape=options.input_shape, batches=options.batches,
                             progress=progress, target=options.target)
+    _check_zoo_only_flags(models, options)
     configs, skipped = plan_configs(models, options)
     env = host_environment()
     host, target = cpu.host(), cpu.resolve_target(options.target_cpu)
@@ -548,6 +560,10 @@ def _record(c: Config, s: Samples, info: dict[str, Any], load_s: float, layers: 
     if value > opt.spread_threshold:
         warnings.append(f"{c.key}: run-to-run spread is high ({metric} {value:.1%} > {opt.spread_threshold:.1%}); "
                         "close other programs, pin the CPU frequency, or measure longer (--duration)")
+    if c.mode == "throughput" and s.inferences < FILL_DRAIN_FACTOR * c.options.streams:
+        warnings.append(f"{c.key}: {s.inferences} inferences with {c.options.streams} requests in flight time "
+                        f"mostly the filling and draining of the requests, not their steady rate: pass --duration "
+                        f"or --iterations {FILL_DRAIN_FACTOR * c.options.streams} or more for a throughput figure")
     if not c.model.quantized and inference_precision != c.precision:
         warnings.append(f"{c.key}: {c.backend} ran {inference_precision} although {c.precision} was requested")
     return ProfileRecord(
