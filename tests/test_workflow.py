@@ -66,7 +66,7 @@ def test_export_quantize_runs_in_a_fresh_folder(workdir: Path, cli: Cli) -> None
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["run", "stage", "model"]
     assert any(line.startswith("s2mlpv2_small-tiny-int8-openvino ") and " quantize " in line and " int8 " in line
-               for line in lines)
+               and " s2mlpv2_small (tiny) " in line for line in lines)
     code, out, err = cli("profile", "--backend", "openvino", "-n", "3", "--warmup", "1", "--layer-runs", "0",
                          "--peak-size", "64", "--no-charts")
     assert code == 0, err

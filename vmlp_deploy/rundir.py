@@ -57,15 +57,12 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
 
 
 def _holds(run_dir: Path) -> str:
-    """`` (the tiny s2mlpv2_small export run)``: what an existing run directory holds, as `runs` lists it, so that
+    """`` (the s2mlpv2_small (tiny) export run)``: what an existing run directory holds, as `runs` lists it, so that
     a refusal to replace it says what would be lost (a tiny export sits where the full one goes by default)."""
     from .runs import read_run  # runs reads run directories through this module
 
     info = read_run(run_dir)
-    if info is None:
-        return ""
-    tiny = "the tiny " if info.record.model and info.record.model.tiny else ""
-    return f" ({tiny}{info.model} {info.stage} run)"
+    return "" if info is None else f" (the {info.model} {info.stage} run)"
 
 
 @contextmanager

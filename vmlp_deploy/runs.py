@@ -59,6 +59,8 @@ def _info(path: Path, manifest: RunManifest) -> RunInfo:
     stages = manifest.stages or {}
     stage = max((s for s in stages if s in STAGE_ORDER), key=STAGE_ORDER.index, default="export")
     model = str((manifest.model.name if manifest.model else None) or path.name)
+    if manifest.model and manifest.model.tiny:
+        model += " (tiny)"
     backend, precision, target, figure = "-", "f32", "-", ""
     if stage == "export" and manifest.export:
         outs = (manifest.export.validation or {}).get("outputs") or []
