@@ -3,7 +3,7 @@
 Importing this package registers every variant. Installed, it is importable as ``vmlp_deploy.models``.
 """
 
-from . import as_mlp, convnext, gmlp, mlp_mixer, poolformer, resmlp, s2mlp, s2mlpv2  # noqa: F401  (registers variants)
+from . import as_mlp, convnext, deit, gmlp, mlp_mixer, poolformer, resmlp, s2mlp, s2mlpv2  # noqa: F401  (registers variants)
 from ._registry import (
     DataCfg,
     Paper,

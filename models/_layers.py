@@ -32,8 +32,9 @@ class Mlp(nn.Module):
 class PatchEmbedTokens(nn.Module):
     """Non-overlapping p x p patch projection to a (B, N, C) token sequence, for one fixed image size.
 
-    Shared by Mixer, ResMLP and gMLP: their token-mixing Linear spans exactly ``num_patches`` tokens, so
-    the stem is also where a wrong input size is reported, before it surfaces as an opaque matmul error.
+    Shared by Mixer, ResMLP, gMLP and DeiT: their token-mixing Linear (DeiT: position embedding) spans exactly
+    ``num_patches`` tokens, so the stem is also where a wrong input size is reported, before it surfaces as an
+    opaque matmul or broadcast error.
     """
 
     def __init__(self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
@@ -49,8 +50,8 @@ class PatchEmbedTokens(nn.Module):
         if not torch.jit.is_tracing() and tuple(x.shape[-2:]) != self.img_size:
             h, w = x.shape[-2:]
             raise ValueError(
-                f"this model was built for {self.img_size[0]}x{self.img_size[1]} inputs (its token-mixing Linear "
-                f"spans {self.num_patches} tokens) but got {h}x{w}: resize the input, or rebuild with "
+                f"this model was built for {self.img_size[0]}x{self.img_size[1]} inputs (its per-token weights "
+                f"span {self.num_patches} tokens) but got {h}x{w}: resize the input, or rebuild with "
                 f"img_size=({h}, {w}) (trained token weights do not fit another size)"
             )
         return self.proj(x).flatten(2).transpose(1, 2)

@@ -14,6 +14,7 @@ REQUIRED = {
     "resmlp_12_224", "resmlp_24_224", "resmlp_b24_224", "gmlp_ti16_224", "gmlp_s16_224", "gmlp_b16_224",
     "poolformer_s12", "poolformer_s24", "poolformer_s36", "poolformer_m36", "poolformer_m48",
     "convnext_tiny", "convnext_small", "convnext_base", "asmlp_tiny", "asmlp_small", "asmlp_base",
+    "deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224",
 }
 
 
