@@ -101,3 +101,21 @@ def test_every_subpackage_ships_in_the_wheel() -> None:
     found = {"vmlp_deploy." + p.parent.relative_to(root / "vmlp_deploy").as_posix().replace("/", ".")
              for p in (root / "vmlp_deploy").rglob("__init__.py") if p.parent != root / "vmlp_deploy"}
     assert found | {"vmlp_deploy", "vmlp_deploy.models", "vmlp_deploy.calibration_data"} <= listed
+
+
+def test_counts_are_kept_per_architecture_and_code(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vmlp-deploy models` measures once per code version: a second call reads what the first measured, another
+    architecture is measured afresh, and an unreadable cache file is measured again, never trusted."""
+    from vmlp_deploy.complexity import measure, zoo_complexity
+
+    monkeypatch.setenv("VMLP_DEPLOY_CACHE", str(tmp_path))
+    first = zoo_complexity("convnext_tiny", tiny=True)
+    with torch.device("meta"):
+        assert first == measure(zoo.create_model("convnext_tiny", tiny=True), (32, 32))
+    (kept,) = (tmp_path / "complexity").glob("convnext_tiny-*.json")
+    assert zoo_complexity("convnext_tiny", tiny=True) == first
+    wider = zoo_complexity("convnext_tiny", tiny=True, num_classes=20)
+    assert wider.params > first.params and len(list((tmp_path / "complexity").glob("*.json"))) == 2
+    kept.write_text("{not json")
+    assert zoo_complexity("convnext_tiny", tiny=True) == first
+    assert kept.read_text().startswith("{\"params\"")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from . import models as zoo
-from .complexity import count_macs, count_params
+from .complexity import zoo_complexity
 
 
 def printed_half_unit(figure: float) -> float:
@@ -29,23 +27,21 @@ def zoo_rows(family: str | None = None) -> list[dict[str, Any]]:
         family = zoo.get_variant(family).family
     for name in zoo.list_models(family):
         variant = zoo.get_variant(name)
-        with torch.device("meta"):
-            model = zoo.create_model(name)
+        counts = zoo_complexity(name)
         paper = variant.paper
-        params = count_params(model, exclude_head=paper.params_exclude_head)
-        params_m = params / 1e6
+        params_m = (counts.params_without_head if paper.params_exclude_head else counts.params) / 1e6
         rows.append({
             "name": name,
             "family": variant.family,
-            "input_size": list(model.vmlp_cfg.input_size),
+            "input_size": list(variant.data.input_size),
             "fixed_input_size": variant.fixed_input_size,
-            "params_m": round(count_params(model) / 1e6, 3),
+            "params_m": round(counts.params_m, 3),
             "params_compared_m": round(params_m, 3),
             "paper_params_m": paper.params_m,
             "paper_params_exclude_head": paper.params_exclude_head,
             "params_delta_pct": round(100 * (params_m / paper.params_m - 1), 2),
             "params_within_2pct": params_within_paper(params_m, paper.params_m),
-            "macs_g": round(count_macs(model, model.vmlp_cfg.input_size) / 1e9, 3),
+            "macs_g": round(counts.macs_g, 3),
             "paper_macs_g": paper.macs_g,
             "paper_top1": paper.top1,
             "source": paper.source,

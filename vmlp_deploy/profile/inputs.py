@@ -88,21 +88,16 @@ NAIVE_DYNAMIC_BATCH = ("several batch sizes need a dynamic-batch export, which t
 def zoo_complexity(name: str, tiny: bool, input_size: Sequence[int] | None = None,
                    num_classes: int | None = None) -> tuple[int, int]:
     """(params, MACs per image) of a zoo model, measured with PyTorch's FLOP counter on the meta device."""
-    import torch
-
-    from ..complexity import count_macs, count_params
-    from ..models import create_model, resolve
+    from .. import complexity
+    from ..models import resolve
 
     overrides: dict[str, Any] = {}
-    default = resolve(name, tiny=tiny)
-    if input_size is not None and tuple(input_size) != tuple(default.input_size):
+    if input_size is not None and tuple(input_size) != tuple(resolve(name, tiny=tiny).input_size):
         overrides["img_size"] = tuple(input_size)
     if num_classes is not None:
         overrides["num_classes"] = num_classes
-    with torch.device("meta"):
-        model = create_model(name, tiny=tiny, **overrides)
-    size = tuple(input_size) if input_size is not None else tuple(default.input_size)
-    return count_params(model), count_macs(model, (size[0], size[1]))
+    counts = complexity.zoo_complexity(name, tiny=tiny, **overrides)
+    return counts.params, counts.macs
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int] | None:
