@@ -41,8 +41,8 @@ def check_input_size(name: str, input_size: tuple[int, int], tiny: bool = False)
         raise UserError(f"input size must be positive, got {h}x{w}")
     if variant.fixed_input_size and (h, w) != default:
         raise UserError(
-            f"{name} has a fixed input size of {default[0]}x{default[1]} (its token-mixing layers are sized "
-            f"for that many tokens): drop --input-size"
+            f"{name} has a fixed input size of {default[0]}x{default[1]} (its per-token weights, token-mixing "
+            f"layers or position embedding, are sized for that many tokens): drop --input-size"
         )
     d = variant.input_divisor
     if h % d or w % d:
