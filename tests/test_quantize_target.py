@@ -68,6 +68,21 @@ def test_scheme_errors_and_tensorrt() -> None:
         cpu.resolve_target("avx9")
 
 
+def test_backend_lists_and_all() -> None:
+    """quantize/deploy ``--backend``: names in order, each once; ``all`` is every quantizer that can run here."""
+    import argparse
+
+    from vmlp_deploy.quantize.base import missing_modules
+    from vmlp_deploy.quantize.cli import backend_list
+
+    assert backend_list("openvino, cpu,openvino") == ("openvino", "cpu")
+    every = backend_list("all")
+    assert every == backend_list("cpu,all") == tuple(n for n, q in QUANTIZERS.items() if not missing_modules(q))
+    assert {"cpu", "openvino"} <= set(every)
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown backend tpu: .* or all"):
+        backend_list("tpu")
+
+
 def test_the_warning_says_which_way_the_hosts_fidelity_errs() -> None:
     """Measured on a host whose integer path is not the target's: an AVX2 target's saturation is predicted; an
     8-bit model for a VNNI target measured on a saturating host looks worse than it will be there."""

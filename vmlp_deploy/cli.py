@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deploy", help="the whole job: export, INT8 for each backend, profile FP32 vs INT8, summary")
     _add_model_args(p)
     p.add_argument("--backend", "-b", type=backend_list, metavar="NAMES",
-                   help="comma-separated cpu, openvino, tensorrt (default: every installed runtime: cpu, openvino)")
+                   help="comma-separated cpu, openvino, tensorrt, or all (default: every installed runtime: cpu, "
+                        "openvino)")
     p.add_argument("--target-cpu", choices=TARGET_NAMES, default="host", metavar="CPU",
                    help="the CPU the model will run on (default host; see `vmlp-deploy quantize --help`)")
     p.add_argument("--calibration-data", type=Path, metavar="DIR",

@@ -33,12 +33,15 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def backend_list(text: str) -> tuple[str, ...]:
-    """``--backend cpu,openvino``: the INT8 backends named, in order, each once (quantize and deploy)."""
+    """``--backend cpu,openvino``: the INT8 backends named, in order, each once (quantize and deploy); ``all``:
+    every backend whose quantizer can run here, as `profile --backend all` means every installed runtime."""
     names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    unknown = [n for n in names if n not in QUANTIZERS]
+    unknown = [n for n in names if n not in QUANTIZERS and n != "all"]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown backend {', '.join(unknown) or '(none)'}: use "
-                                         f"{', '.join(QUANTIZERS)} (comma-separated)")
+                                         f"{', '.join(QUANTIZERS)} (comma-separated) or all")
+    if "all" in names:
+        return tuple(name for name, q in QUANTIZERS.items() if not missing_modules(q))
     return names
 
 
@@ -60,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "under out/)")
     p.add_argument("--backend", "-b", type=backend_list, metavar="NAMES",
                    help="cpu: ONNX Runtime QDQ; openvino: NNCF -> OpenVINO IR; tensorrt: explicit Q/DQ ONNX; "
-                        "comma-separated for several (default: every backend whose runtime is installed: "
+                        "comma-separated for several, or all (default: every backend whose runtime is installed: "
                         "cpu, openvino)")
     p.add_argument("-o", "--output", type=Path, metavar="DIR", help="output run directory "
                    "(default <RUN_DIR>-int8-<backend>; one backend only)")
