@@ -1,4 +1,4 @@
-"""Real INT8 accuracy: tiny S2-MLPv2 and ConvNeXt trained on scikit-learn's digits, quantized for every backend.
+"""Real INT8 accuracy: tiny S2-MLPv2, ConvNeXt and DeiT trained on scikit-learn's digits, quantized for every backend.
 
 The same procedure as ``tests/test_quantize_digits.py`` (see ``vmlp_deploy.quantize.digits``): 1 797 digits
 upsampled to 32x32 RGB, a fixed 70/30 split, training seeded on ``--threads`` threads, calibration on 300
@@ -6,6 +6,7 @@ training images, FP32 and INT8 top-1 on the 539 test images, both run by the bac
 (OpenVINO with f32 pinned). The acceptance bound is |INT8 - FP32| <= 1.0 point (target 0.5).
 
     python benchmarks/quantize_digits.py --out benchmarks/results/quantize_digits.json
+    python benchmarks/quantize_digits.py --configs deit --out benchmarks/results/quantize_digits_deit_zen1.json
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--configs", nargs="+", choices=list(dg.CONFIGS), default=list(dg.CONFIGS))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="vmlp-digits-"))
     split = dg.write_digits(work / "data", seed=args.seed)
     rows = []
-    for config in dg.CONFIGS:
+    for config in args.configs:
         start = time.perf_counter()
         lm = dg.train(config, split, epochs=args.epochs, seed=args.seed, threads=args.threads)
         train_s = time.perf_counter() - start
@@ -61,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['delta_points']:>+7.2f}{r['logits_sqnr_db']:>9.1f}{r['train_s']:>9.1f}{r['quantize_s']:>9.1f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": rows, "configs": {k: {"variant": v[0], "overrides": v[1]} for k, v in
-                                                                  dg.CONFIGS.items()},
+        args.out.write_text(json.dumps({"rows": rows, "configs": {k: {"variant": dg.CONFIGS[k][0], "overrides": dg.CONFIGS[k][1]}
+                                                                  for k in args.configs},
                                         "epochs": args.epochs, "threads": args.threads, "seed": args.seed,
                                         "environment": environment()}, indent=2, default=list) + "\n")
     return 0 if all(r["within_1_point"] for r in rows) else 1
