@@ -23,7 +23,7 @@ from vmlp_deploy.preprocess import Recipe
 from vmlp_deploy.quantize import QuantizeOptions, quantize_run
 from vmlp_deploy.quantize.fidelity import compare_logits, layer_sqnr, ort_layer_probes, run_all, sqnr_db
 from vmlp_deploy.quantize.sensitivity import search
-from vmlp_deploy.quantize.stage import SLOW_INT8_RATIO, SPEED_ROUNDS
+from vmlp_deploy.quantize.stage import SLOW_INT8_RATIO, SLOWER_INT8_RATIO, SPEED_ROUNDS
 from vmlp_deploy.quantize.tensorrt_qdq import check_graph
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -76,8 +76,9 @@ def test_cpu_run_directory_manifest_and_report(s2_run: Path, cpu_run: Path) -> N
     speed = q["speed"]
     assert speed["runtime"] == "cpu" and speed["rounds"] == SPEED_ROUNDS and speed["fp32_ms"] > 0
     assert speed["ratio"] == round(speed["int8_ms"] / speed["fp32_ms"], 3)
-    slow = [w for w in q["warnings"] if "INT8 buys a smaller model here, not speed" in w]
+    slow = [w for w in q["warnings"] if "INT8 buys a smaller model here, not speed" in w or "INT8 is slower here" in w]
     assert len(slow) == (speed["ratio"] > SLOW_INT8_RATIO), "warned exactly when INT8 is not faster here"
+    assert all(("keep the FP32 model" in w) == (speed["ratio"] > SLOWER_INT8_RATIO) for w in slow)
     report = (cpu_run / "quantize.md").read_text()
     assert "INT8 vs FP32 latency (this host)" in report
     for heading in ("## Fidelity", "Ten worst layers", "## Calibration data", "## Settings", "## Time and memory"):

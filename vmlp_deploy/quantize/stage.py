@@ -57,6 +57,8 @@ RANK_SAMPLES = 16
 SPEED_ROUNDS = 15
 #: INT8 at more than this share of FP32's latency is worth a warning: it buys a smaller model, not speed.
 SLOW_INT8_RATIO = 0.9
+#: INT8 at more than this share is slower than FP32 beyond the speed check's noise: keep FP32 for this CPU.
+SLOWER_INT8_RATIO = 1.15
 EMBEDDED_WARNING = ("no --calibration-data: calibrating on crops of the 8 embedded photographs; a few hundred "
                     "images drawn from your own data calibrate better (--calibration-data DIR)")
 
@@ -597,7 +599,13 @@ def _measure_speed(run: _Run, model_path: Path, samples: np.ndarray) -> SpeedChe
     speed = SpeedCheck(medians["fp32"], medians["int8"], batch, SPEED_ROUNDS, runtime)
     int8_ms, fp32_ms = ms(speed.int8_ms), ms(speed.fp32_ms)
     run.progress.note(f"INT8 {int8_ms} ms vs FP32 {fp32_ms} ms on this host ({speed.ratio:.2f}x)")
-    if speed.ratio > SLOW_INT8_RATIO:
+    if speed.ratio > SLOWER_INT8_RATIO:
+        run.warnings.append(f"INT8 runs at {speed.ratio:.2f}x the FP32 latency on this host ({cpu.host().label}, "
+                            f"{int8_ms} vs {fp32_ms} ms): INT8 is slower here, so keep the FP32 model for this CPU "
+                            f"unless its size matters; `vmlp-deploy profile {run.out} {run.source.onnx_path} "
+                            f"--backend {runtime}` shows which layers' integer kernels lose (OpenVINO's int8 "
+                            "FullyConnected runs at half its f32 rate on AVX2 without VNNI: BENCHMARKS.md)")
+    elif speed.ratio > SLOW_INT8_RATIO:
         run.warnings.append(f"INT8 runs at {speed.ratio:.2f}x the FP32 latency on this host ({cpu.host().label}, "
                             f"{int8_ms} vs {fp32_ms} ms): INT8 buys a smaller model here, not "
                             "speed (its integer kernels are no faster than its float ones, or the model is too small "
