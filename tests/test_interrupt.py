@@ -19,6 +19,12 @@ from vmlp_deploy.export import ExportOptions, export_model
 from vmlp_deploy.model import load_model
 
 
+def _as_from_a_terminal() -> None:
+    """SIGINT at its default in the CLI, as a terminal starts it: a CI job run in the background (``cmd &`` in a
+    non-interactive shell) has SIGINT ignored, which every child inherits and Python then leaves ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _digest(run: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.iterdir())}
 
@@ -49,7 +55,8 @@ def test_interrupt_keeps_previous_run(stage: str, signum: signal.Signals, source
     before = _digest(previous)
     argv = [a.replace("{source}", str(source)) for a in STAGES[stage]]
     proc = subprocess.Popen(["vmlp-deploy", *argv, "-o", str(previous), "--overwrite"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_from_a_terminal)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".run.tmp-*")):
         assert proc.poll() is None, proc.communicate()
@@ -82,7 +89,7 @@ def test_sigint_with_capped_children_is_clean(source: Path, tmp_path: Path) -> N
     argv = ["quantize", str(source), "--backend", "openvino", "--num-samples", "8", "--holdout", "2",
             "--target-cpu", "avx2", "-o", str(tmp_path / "run")]
     proc = subprocess.Popen(["vmlp-deploy", *argv], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_as_from_a_terminal)
     deadline = time.monotonic() + 120
     children: list[int] = []
     while not children:
