@@ -137,6 +137,7 @@ def test_fixed_shapes_are_checked(onnx_path: Path) -> None:
 _SIGNAL_AFTER_RELEASE = """
 import gc, os, signal, sys, time
 from pathlib import Path
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, where CI started us with it ignored
 import numpy as np
 from vmlp_deploy.backends import BACKENDS, RunOptions
 for _ in range(2):
