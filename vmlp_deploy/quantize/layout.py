@@ -16,7 +16,9 @@ cached under ``$VMLP_DEPLOY_CACHE`` by the source model's sha256, so every backe
   The medians are kept under ``$VMLP_DEPLOY_CACHE/layout/decisions``, keyed by the source model, backend, scheme,
   threads, how they were timed, this host's CPU and the library versions: a rerun on the same export (another
   calibration set, ``--eval-data``, ``--keep-float``) reuses them and says so, instead of quantizing and timing
-  both candidates again (69 s for s2mlpv2_small on a Zen/Zen+ EPYC). Deleting the file measures again.
+  both candidates again (69 s for s2mlpv2_small on a Zen/Zen+ EPYC). Deleting the file measures again. Only a
+  clear decision is kept (``clear_winner``); a re-export that is the source's graph again (a ViT, AS-MLP) is not
+  timed at all.
 * otherwise the documented rule, the quantizer's ``layout_rule``: channels-first for ``openvino`` (the
   measurement above, and BENCHMARKS.md), the source graph for ``cpu`` (ONNX Runtime runs the channels-last graph
   fastest, BENCHMARKS.md); a runtime that lays out its own engine (TensorRT) gets the graph as given.
