@@ -115,7 +115,8 @@ def _check_zoo_only_flags(models: Sequence[ModelInput], options: ProfileOptions)
     flags = [f for f, set_ in (("--tiny", options.tiny), (f"--target {options.target}",
                                                         options.target != DEFAULT_TARGET)) if set_]
     if flags and not any(m.kind == "zoo" for m in models):
-        raise UserError(f"{' and '.join(flags)} choose how a zoo name is exported, and no input here is a zoo name: "
+        raise UserError(f"{' and '.join(flags)} {'choose' if len(flags) > 1 else 'chooses'} how a zoo name is "
+                        f"exported, and no input here is a zoo name: "
                         f"drop {'them' if len(flags) > 1 else 'it'}, or export the model that way first "
                         f"(`vmlp-deploy export --model NAME {' '.join(flags)}`) and profile that run directory")
 

@@ -603,8 +603,7 @@ def _measure_speed(run: _Run, model_path: Path, samples: np.ndarray) -> SpeedChe
         run.warnings.append(f"INT8 runs at {speed.ratio:.2f}x the FP32 latency on this host ({cpu.host().label}, "
                             f"{int8_ms} vs {fp32_ms} ms): INT8 is slower here, so keep the FP32 model for this CPU "
                             f"unless its size matters; `vmlp-deploy profile {run.out} {run.source.onnx_path} "
-                            f"--backend {runtime}` shows which layers' integer kernels lose (OpenVINO's int8 "
-                            "FullyConnected runs at half its f32 rate on AVX2 without VNNI: BENCHMARKS.md)")
+                            f"--backend {runtime}` shows which layers' integer kernels lose")
     elif speed.ratio > SLOW_INT8_RATIO:
         run.warnings.append(f"INT8 runs at {speed.ratio:.2f}x the FP32 latency on this host ({cpu.host().label}, "
                             f"{int8_ms} vs {fp32_ms} ms): INT8 buys a smaller model here, not "
