@@ -133,3 +133,17 @@ def test_optimize_says_a_dynamic_batch_is_why_nothing_was_rewritten(cli, tmp_pat
     code, stdout, _ = cli("optimize", tmp_path / "dyn", "-o", tmp_path / "o")
     assert code == 0 and "no shift idiom found" in stdout
     assert "symbolic dimensions" in stdout and "--batch N" in stdout
+
+
+def test_explain_on_a_graph_without_shifts_names_the_rules_that_did_not_run(cli, naive_run: Path,
+                                                                            tmp_path: Path) -> None:
+    """An already rewritten graph has no shift site: the cpu rule set stops after its first phase, and says so."""
+    from vmlp_deploy.passes import RULE_SETS
+
+    code, _, _ = cli("optimize", naive_run, "-o", tmp_path / "once")
+    assert code == 0
+    code, stdout, _ = cli("optimize", tmp_path / "once", "-o", tmp_path / "twice", "--explain")
+    assert code == 0 and "  fold-rolls: fired 0" in stdout
+    line = next(line for line in stdout.splitlines() if line.startswith("  not run: "))
+    assert "shift-to-conv" in line and "no shift site found" in line
+    assert all(name in line for name in RULE_SETS["cpu"].rule_names() if name != "fold-rolls")

@@ -146,8 +146,15 @@ class OptimizeResult:
         return lines
 
     def explain_lines(self) -> list[str]:
-        """Per rule of the target's rule set: how often it fired and why it declined (``optimize --explain``)."""
-        return self.report.explain_lines()
+        """Per rule of the target's rule set: how often it fired and why it declined (``optimize --explain``), and
+        the rules that did not run because no shift site was found (a rule set without ``layout_without_shifts``
+        rewrites and lays out only around shift sites)."""
+        lines = self.report.explain_lines()
+        missing = [name for name in RULE_SETS[self.target].rule_names() if name not in self.report.rules]
+        if missing:
+            lines.append(f"  not run: {', '.join(missing)} (no shift site found, and the {self.target} rule set "
+                         "rewrites and lays out only around shift sites)")
+        return lines
 
 
 def layout_changes(rule_set: RuleSet, report: PassReport) -> int:
