@@ -217,6 +217,7 @@ class JittorS2Attention(nn.Module):
 class JittorS2Block(nn.Module):
     def __init__(self, c: int, depth: int, ratio: int, v2: bool) -> None:
         super().__init__()
+
         def mixer() -> nn.Module:
             if v2:
                 return JittorS2Attention(c)

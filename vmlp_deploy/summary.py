@@ -61,7 +61,8 @@ def speedup_rows(records: list[ProfileRecord], float_label: str, int8_runs: list
         sqnr = f.get("sqnr_db")
         rows.append(SpeedupRow(run.backend, fp32_ms, int8_ms, fp32_precision, str(run.path),
                                str((q.integer_scheme or {}).get("name", "-")), run.target_cpu,
-                               f.get("top1_agreement"), float(sqnr) if isinstance(sqnr, float | int) or sqnr in ("inf", "-inf") else None,
+                               f.get("top1_agreement"),
+                               float(sqnr) if isinstance(sqnr, float | int) or sqnr in ("inf", "-inf") else None,
                                acc.get("top1_delta_points")))
     return rows
 

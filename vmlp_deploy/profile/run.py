@@ -109,7 +109,6 @@ class ProfileOptions:
         return d
 
 
-
 def _check_zoo_only_flags(models: Sequence[ModelInput], options: ProfileOptions) -> None:
     """--tiny and --target shape the export of a zoo name; on files and run directories they would do nothing."""
     flags = [f for f, set_ in (("--tiny", options.tiny), (f"--target {options.target}",
@@ -119,6 +118,7 @@ def _check_zoo_only_flags(models: Sequence[ModelInput], options: ProfileOptions)
                         f"exported, and no input here is a zoo name: "
                         f"drop {'them' if len(flags) > 1 else 'it'}, or export the model that way first "
                         f"(`vmlp-deploy export --model NAME {' '.join(flags)}`) and profile that run directory")
+
 
 @dataclass
 class Config:

@@ -126,7 +126,6 @@ class FidelityReport:
         return d
 
 
-
 def layer_sqnr(
     fp32_run: Callable[[np.ndarray], list[np.ndarray]],
     int8_run: Callable[[np.ndarray], list[np.ndarray]],

@@ -22,7 +22,6 @@ def default_quantizers() -> tuple[str, ...]:
     return tuple(name for name, q in QUANTIZERS.items() if q.by_default)
 
 
-
 def quantizer_modules() -> tuple[str, ...]:
     """The modules any quantizer needs, each once: a quantize manifest records their versions (or that they are
     not installed), whichever backend it was made for."""

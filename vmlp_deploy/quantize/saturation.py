@@ -404,7 +404,6 @@ class SaturationSummary:
                 "worst": self.worst.to_dict() if self.worst is not None else None}
 
 
-
 def summarize(layers: list[LayerSaturation]) -> SaturationSummary:
     saturating = [layer for layer in layers if layer.saturated_pairs]
     return SaturationSummary(len(layers), len(saturating), sum(layer.pairs for layer in layers),

@@ -399,7 +399,6 @@ class ShiftToConv(GraphRule, name="shift-to-conv"):
     checked alone), ``rewrite`` replaces one site. When the context already holds sites (the pipeline found
     them once and bisects over subsets), those are applied."""
 
-
     def find(self, model: ir.Model) -> Iterator[tuple[int, ShiftSite] | Decline]:
         ctx = self.context
         if ctx.sites is None:
