@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import inspect
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import __version__
+from .rundir import write_text
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,7 @@ def zoo_complexity(name: str, *, tiny: bool = False, **overrides: Any) -> Comple
     with torch.device("meta"):
         model = create_model(name, tiny=tiny, **overrides)
     result = measure(model, cfg.input_size)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(asdict(result)) + "\n")
-        tmp.replace(path)
-    tmp.unlink(missing_ok=True)
+        write_text(path, json.dumps(asdict(result)) + "\n")
     return result

@@ -140,10 +140,15 @@ def _signals_held() -> Iterator[None]:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a file atomically (temp file + rename) so readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Write a file atomically (temp file + rename) so readers never see a partial file; the temp file is this
+    process's own (two runs filling one cache never share it) and is removed when the write fails."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, data: Any) -> None:

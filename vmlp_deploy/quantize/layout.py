@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..errors import UserError
 from ..progress import Progress
 from ..records import host_environment
-from ..rundir import MANIFEST, load_manifest, sha256_file
+from ..rundir import MANIFEST, load_manifest, sha256_file, write_text
 from ..targets import CHANNELS_FIRST, DEFAULT_TARGET, channels_first
 from .base import Quantizer
 from .data import whole_batches
@@ -185,14 +184,11 @@ def _read_decision(path: Path) -> tuple[dict[str, float], str] | None:
 def _write_decision(path: Path, medians: dict[str, float]) -> str | None:
     """Written whole or not at all (rename), so a concurrent run never reads half a file; a cache that cannot
     be written costs the next run its timing, not this run its result. Returns why it was not kept, or None."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"int8_median_ms": medians,
-                                   "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1) + "\n")
-        tmp.replace(path)
+        write_text(path, json.dumps({"int8_median_ms": medians,
+                                     "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1) + "\n")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         return f"the timings could not be kept in {path.parent} ({e.strerror or e}): the next run times again"
     return None
 
