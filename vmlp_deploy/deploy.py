@@ -24,7 +24,7 @@ from .records import ModelInfo
 from .quantize import QUANTIZERS, QuantizeOptions, quantize_run
 from .quantize.registry import default_quantizers
 from .quantize.stage import default_output
-from .rundir import sha256_file, write_text
+from .rundir import blocking_file, sha256_file, write_text
 from .runs import RunInfo, read_run
 from .summary import SpeedupRow, markdown, speedup_rows
 
@@ -139,7 +139,7 @@ def deploy(opt: DeployOptions, progress: Progress | None = None) -> DeployResult
     if not opt.backends:
         *most, last = QUANTIZERS
         raise UserError(f"--backend names no backend: use {', '.join(most)} and/or {last}")
-    blocker = next((d for d in (opt.root, *opt.root.parents) if d.exists() and not d.is_dir()), None)
+    blocker = blocking_file(opt.root)
     if blocker is not None:
         raise UserError(f"--root {opt.root}: {blocker} is a file, not a folder: pass a folder for the runs")
     opt.profile.check()

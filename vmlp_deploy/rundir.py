@@ -31,11 +31,16 @@ MANIFEST = "manifest.json"
 WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
+def blocking_file(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists and is not a directory: a run cannot go under it."""
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
 def check_output_dir(out: Path, overwrite: bool) -> None:
     """Refuse an existing output directory unless asked to overwrite, and fail early on unwritable parents."""
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is not a directory: choose another -o")
-    blocker = next((p for p in out.absolute().parents if p.exists() and not p.is_dir()), None)
+    blocker = blocking_file(out.absolute())
     if blocker is not None:
         raise UserError(f"cannot create {out}: {blocker} is a file, not a directory: choose another -o")
     cwd = Path.cwd().resolve()
