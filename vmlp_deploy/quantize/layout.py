@@ -218,8 +218,11 @@ def interleaved_times(load: Loader, models: dict[str, Path], x: np.ndarray, thre
 def interleaved_medians(load: Loader, models: dict[str, Path], x: np.ndarray, threads: int | None,
                         rounds: int = TIMING_ROUNDS) -> dict[str, float]:
     """Median latency (ms) per model of :func:`interleaved_times`."""
-    return {name: round(float(np.median(t)), 3)
-            for name, t in interleaved_times(load, models, x, threads, rounds).items()}
+    return _medians(interleaved_times(load, models, x, threads, rounds))
+
+
+def _medians(times: dict[str, list[float]]) -> dict[str, float]:
+    return {name: round(float(np.median(t)), 3) for name, t in times.items()}
 
 
 def clear_winner(times: dict[str, list[float]]) -> bool:
@@ -285,7 +288,7 @@ def choose_layout(source: SourceModel, quantizer: type[Quantizer], requested: st
     else:
         times = _time_candidates(quantizer, {AS_GIVEN: source, CHANNELS_FIRST: channels_first_source}, samples,
                                  quick_quantize, load, work, progress, threads)
-        medians, when = {name: round(float(np.median(t)), 3) for name, t in times.items()}, ""
+        medians, when = _medians(times), ""
         if memo is not None and not clear_winner(times):
             unkept: str | None = ("the rounds disagree on which layout is faster (too close to call): the timings "
                                   "are not kept, the next run times again")
