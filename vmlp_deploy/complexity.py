@@ -10,6 +10,7 @@ source of the code that builds and counts it: `vmlp-deploy models` measures once
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -70,11 +71,17 @@ def _sources(builder: Any) -> list[Path]:
     return [family, family.with_name("_layers.py"), family.with_name("_registry.py"), Path(__file__)]
 
 
+@functools.cache
+def _source_digest(path: Path) -> str:
+    """Read once per process: the zoo table keys every variant by the same few files."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _cache_file(name: str, arch: dict[str, Any], builder: Any) -> Path:
     from .backends.base import cache_root
 
     key = {"name": name, "arch": arch, "torch": torch.__version__, "vmlp_deploy": __version__,
-           "sources": [hashlib.sha256(p.read_bytes()).hexdigest() for p in _sources(builder) if p.is_file()]}
+           "sources": [_source_digest(p) for p in _sources(builder) if p.is_file()]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return cache_root() / "complexity" / f"{name}-{digest}.json"
 
